@@ -1,0 +1,5 @@
+import sys
+
+from ros_seqplanner.cli import main
+
+sys.exit(main())

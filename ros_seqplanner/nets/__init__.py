@@ -1,0 +1,1 @@
+"""Networks and their checkpoint I/O (torch, numpy, safetensors only; no ROS)."""

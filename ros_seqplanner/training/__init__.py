@@ -1,0 +1,1 @@
+"""Trainers for TT, DT, BC and the MLP dynamics baseline (ROS-free)."""
