@@ -13,7 +13,7 @@ demo: setup
 	@source scripts/ros_env.sh && cd "$$(mktemp -d)" && OMP_NUM_THREADS=2 "$(CURDIR)/$(VENV)/bin/seqplanner" demo
 
 lint: setup
-	@$(VENV)/bin/ruff check ros_seqplanner tests launch setup.py
+	@$(VENV)/bin/ruff check .
 
 test: setup lint
 	@source scripts/ros_env.sh && OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests; \
