@@ -96,8 +96,8 @@ class _RecordingLifecycleNode(LifecycleNode):
 
 
 def test_lifecycle_node_configure_activate_deactivate_cleanup(ros_context):
-    from lifecycle_msgs.srv import ChangeState, GetState
     from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
 
     node = _RecordingLifecycleNode(ros_context)
     client_node = rclpy.create_node("frame_lc_client", context=ros_context)

@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint")
     p.add_argument("--learning-starts", type=int, default=10_000)
     p.add_argument("--buffer-size", type=int, default=1_000_000)
+    p.add_argument("--export-to", metavar="DIR", help="do not train: copy the run's medium (and expert, if clearly "
+                   "better) actors to DIR/<env>-{medium,expert}.{safetensors,json}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,7 +27,11 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from ros_seqplanner.sim.behaviour import RunConfig, SACConfig, train_behaviour
+    from ros_seqplanner.sim.behaviour import RunConfig, SACConfig, export_models, train_behaviour
+
+    if args.export_to:
+        print(json.dumps(export_models(args.out, args.export_to)))
+        return 0
 
     cfg = RunConfig(env_id=args.env, seed=args.seed, total_steps=args.steps, eval_freq=args.eval_freq,
                     eval_episodes=args.eval_episodes, checkpoint_freq=args.checkpoint_freq,

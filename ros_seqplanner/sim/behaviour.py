@@ -156,9 +156,14 @@ def _make_callback(run_dir: Path, cfg: RunConfig, state: dict[str, Any]) -> Any:
             self.eval_env.seed(cfg.seed * 1000 + 100)
             self.t0 = time.time()
             self.steps0 = self.num_timesteps
+            self.pending_replay: int | None = None
 
         def _on_step(self) -> bool:
             n = self.num_timesteps
+            if self.pending_replay is not None:
+                # SB3 stores transition n after this callback, so the buffer holds step n only now
+                self._dump_replay(self.pending_replay)
+                self.pending_replay = None
             if n % cfg.eval_freq == 0:
                 self._evaluate(n)
             if n % cfg.checkpoint_freq == 0:
@@ -166,9 +171,7 @@ def _make_callback(run_dir: Path, cfg: RunConfig, state: dict[str, Any]) -> Any:
             if cfg.time_limit_s and time.time() - self.t0 > cfg.time_limit_s:
                 print(f"time limit {cfg.time_limit_s}s reached at step {n}", flush=True)
                 return False
-            if cfg.stop_at_medium and state.get("medium_step") is not None:
-                return False
-            return True
+            return not (cfg.stop_at_medium and state.get("medium_step") is not None)
 
         def _evaluate(self, n: int) -> None:
             te = time.time()
@@ -194,12 +197,15 @@ def _make_callback(run_dir: Path, cfg: RunConfig, state: dict[str, Any]) -> Any:
                 state["medium_in_band"] = bool(rec["mean_return"] <= band[1])
                 export_actor(self.model, run_dir / "actor_medium", cfg.env_id,
                              {**info, "tag": "medium", "medium_band": list(band)})
-                arrays = replay_to_arrays(self.model.replay_buffer)
-                write_hdf5_arrays(run_dir / "medium_replay.hdf5", arrays, {
-                    "env_id": cfg.env_id, "dataset_id": f"{cfg.env_id.split('-')[0].lower()}-medium-replay-v5",
-                    "source": "SAC replay buffer up to the medium checkpoint", "steps": n})
+                self.pending_replay = n
                 print(f"MEDIUM checkpoint at step {n}: return {rec['mean_return']:.1f}", flush=True)
             (run_dir / "state.json").write_text(json.dumps(state, indent=2))
+
+        def _dump_replay(self, n: int) -> None:
+            arrays = replay_to_arrays(self.model.replay_buffer, upto=n)
+            write_hdf5_arrays(run_dir / "medium_replay.hdf5", arrays, {
+                "env_id": cfg.env_id, "dataset_id": f"{cfg.env_id.split('-')[0].lower()}-medium-replay-v5",
+                "source": "SAC replay buffer up to the medium checkpoint", "steps": n})
 
         def _save_resume(self, n: int) -> None:
             rdir = run_dir / "resume"
@@ -245,9 +251,39 @@ def train_behaviour(run_dir: str | Path, cfg: RunConfig, sac: SACConfig | None =
     t0 = time.time()
     remaining = max(cfg.total_steps - model.num_timesteps, 0)
     model.learn(total_timesteps=remaining, callback=cb, reset_num_timesteps=reset, progress_bar=False)
+    if cb.pending_replay is not None:  # medium reached on the very last step
+        cb._dump_replay(cb.pending_replay)
     state["last_wall_s"] = state.get("wall_offset_s", 0.0) + time.time() - t0
     state["final_step"] = model.num_timesteps
     cb._save_resume(model.num_timesteps)
     export_actor(model, run_dir / "actor_last", cfg.env_id, {"steps": model.num_timesteps, "tag": "last"})
     state_path.write_text(json.dumps(state, indent=2))
     return state
+
+
+def export_models(run_dir: str | Path, models_dir: str | Path, expert_min_gain: float = 1.2) -> dict[str, str]:
+    """Copy the run's actors into ``models_dir`` as ``<env>-medium`` and ``<env>-expert``.
+
+    ``expert`` = the best actor, exported only when its evaluation return exceeds the medium one by
+    ``expert_min_gain`` (a "best" that is barely better than medium is not an expert).
+    """
+    import shutil
+
+    from ros_seqplanner.nets.checkpoint import checkpoint_paths, load_checkpoint
+
+    run_dir, models_dir = Path(run_dir), Path(models_dir)
+    out: dict[str, str] = {}
+    _, medium_meta = load_checkpoint(run_dir / "actor_medium", kind="behaviour")
+    name = medium_meta["env_id"].split("-")[0].lower()
+    picks = {"medium": "actor_medium"}
+    best = run_dir / "actor_best.json"
+    if best.exists():
+        _, best_meta = load_checkpoint(run_dir / "actor_best", kind="behaviour")
+        if best_meta["eval_mean_return"] >= expert_min_gain * medium_meta["eval_mean_return"]:
+            picks["expert"] = "actor_best"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    for level, src in picks.items():
+        for s, d in zip(checkpoint_paths(run_dir / src), checkpoint_paths(models_dir / f"{name}-{level}")):
+            shutil.copyfile(s, d)
+        out[level] = str(models_dir / f"{name}-{level}")
+    return out

@@ -1,0 +1,66 @@
+"""``seqplanner evaluate``: closed-loop MuJoCo episodes of tt / dt / bc / behaviour checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _kv(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        return k, json.loads(v)
+    except json.JSONDecodeError:
+        return k, v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoints", nargs="+", help="checkpoint(s): name, name.json or name.safetensors")
+    p.add_argument("--env", help="env name/id (default: the checkpoint's env_id)")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="evaluation seeds")
+    p.add_argument("--max-steps", type=int, help="cut each episode after this many steps (short runs)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="option for the policy's from_checkpoint (e.g. preset=fast, noise=policy); repeatable")
+    p.add_argument("--target-return", type=float, help="DT return-to-go target (passed to reset)")
+    p.add_argument("--out", help="write the JSON results here (default: print only)")
+    p.add_argument("--video", help="record the first episode of the first checkpoint (.mp4 or .gif); needs MuJoCo "
+                   "offscreen GL (MUJOCO_GL=egl works on this machine)")
+    p.add_argument("--plot", help="save a return plot (.png)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ros_seqplanner.sim.evaluate import evaluate_checkpoint, plot_returns
+
+    options = dict(args.option)
+    reset_options = {"target_return": args.target_return} if args.target_return is not None else {}
+    results = []
+    for i, ckpt in enumerate(args.checkpoints):
+        res = evaluate_checkpoint(ckpt, env=args.env, episodes=args.episodes, seeds=tuple(args.seeds),
+                                  max_steps=args.max_steps, device=args.device, policy_options=options,
+                                  reset_options=reset_options, video=args.video if i == 0 else None,
+                                  progress=not args.no_progress)
+        results.append(res.to_json())
+        s = res.summary
+        line = (f"{res.kind} {Path(ckpt).name} on {res.env_id}: return {s['return_mean']:.1f} ± {s['return_std']:.1f}"
+                f" over {s['num_episodes']} episodes")
+        if "score_mean" in s:
+            line += f", score {s['score_mean']:.1f} ± {s['score_std']:.1f} ({s['score_label']})"
+        line += f", act p50 {s['act_ms_p50']:.2f} ms / p99 {s['act_ms_p99']:.2f} ms"
+        print(line)
+    out = results[0] if len(results) == 1 else {"results": results}
+    text = json.dumps(out, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+    if args.plot:
+        print(f"plot: {plot_returns(results, args.plot)}")
+    return 0

@@ -1,0 +1,1 @@
+"""rclpy nodes: the planner (lifecycle) node and the MuJoCo sim bridge node."""

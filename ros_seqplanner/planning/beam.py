@@ -1,0 +1,285 @@
+"""Trajectory Transformer beam-search planner (Janner et al., 2021), exact and K/V-cached.
+
+Per planning step t (jannerm/trajectory-transformer ``trajectory/search/core.py::beam_plan``):
+
+1. expand each of the W beams E times (W*E candidates);
+2. sample each action dimension from the filtered distribution (``cdf_act`` nucleus-style filter or
+   ``k_act`` top-k; see :mod:`ros_seqplanner.planning.sampling`);
+3. take the reward and value tokens greedily (``k_rew=1``) while scoring with their expectations under
+   the unfiltered softmax over bin midpoints: score = sum_{k<=t} gamma^k r_k + gamma^(t+1) V_t
+   (mode ``reward``), or the cumulative log-probability of every token decoded so far (``imitation``,
+   ``goal``);
+4. keep the top W candidates;
+5. unless t is the last step, decode the next observation greedily (``k_obs=1``).
+
+After H steps the best beam's tokens are de-tokenised; the policy executes its first action.
+
+Deviations from the official code (each also noted where it happens):
+
+- Context window: the official code crops the model input to ``max_context_transitions * D - 1``
+  tokens on every forward pass (a sliding window with re-based positions, which rules out a cache).
+  Here the context (at most ``max_context_transitions`` executed transitions, fewer if context +
+  horizon would exceed the model's ``max_transitions``) and the whole plan share one window with
+  absolute positions.
+- Expansion order: candidate ``beam * E + e`` (``repeat_interleave``) rather than ``repeat`` (tiling),
+  so the E candidates of a beam share its cached history; it only changes which equal-score candidate
+  wins a tie.
+- Stop class never sampled/decoded in a plan (official: may be sampled, then clipped to bin N-1).
+- ``imitation`` scoring: the paper's imitation planner is likelihood beam search (official
+  ``beam_search``, exhaustive over all N bins per token); here it is the same sampled-expansion beam
+  search as ``reward`` mode, scored by cumulative log-probability. ``goal``: the same, with the goal
+  observation tokens placed before the context (model option ``goal_conditioned``).
+
+Randomness: all uniforms of a plan are drawn up front as one (H, W*E, A) tensor from the given
+generator, so any planner with these semantics (e.g. the full-recompute reference in the tests)
+reproduces the same plan from the same seed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+
+from ros_seqplanner.nets.discretizer import Discretizer
+from ros_seqplanner.nets.tt import TrajectoryTransformer
+from ros_seqplanner.planning.engine import BeamDecoder
+from ros_seqplanner.planning.sampling import expectation, greedy_bins, sample_bins, token_logp
+
+MODES = ("reward", "imitation", "goal")
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """Beam-search settings (defaults = official base config; see :mod:`ros_seqplanner.planning.presets`)."""
+
+    horizon: int = 15
+    beam_width: int = 128
+    n_expand: int = 2
+    discount: float = 0.99
+    cdf_act: float | None = 0.6
+    k_act: int | None = None
+    k_obs: int = 1
+    cdf_obs: float | None = None
+    max_context_transitions: int = 5
+    plan_freq: int = 1
+    mode: str = "reward"
+
+    def __post_init__(self) -> None:
+        for name in ("horizon", "beam_width", "n_expand", "plan_freq"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"PlannerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_context_transitions < 0:
+            raise ValueError(f"max_context_transitions must be >= 0, got {self.max_context_transitions}")
+        if not 0.0 < self.discount <= 1.0:
+            raise ValueError(f"discount must be in (0, 1], got {self.discount}")
+        if self.cdf_act is not None and not 0.0 <= self.cdf_act < 1.0:
+            raise ValueError(f"cdf_act must be in [0, 1) or None, got {self.cdf_act}")
+        if self.k_act is not None and self.k_act < 1:
+            raise ValueError(f"k_act must be >= 1 or None, got {self.k_act}")
+        if self.k_obs != 1 or self.cdf_obs is not None:
+            raise ValueError("only greedy observation decoding is supported (k_obs=1, cdf_obs=None), "
+                             "as in every official preset")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+
+@dataclass
+class Plan:
+    """De-tokenised best beam. Row k is transition k of the plan: ``observations[0]`` is the (tokenised)
+    current observation, ``observations[k>0]`` predicted; rewards/values are the decoded greedy tokens.
+    ``tokens`` are per-dimension bins (H, D); ``score`` the beam's search score."""
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    values: np.ndarray
+    tokens: np.ndarray
+    score: float
+
+
+def decode_plan(bins: torch.Tensor, score: torch.Tensor, disc: Discretizer, obs_dim: int, act_dim: int) -> Plan:
+    """(H, D) bins of one beam -> :class:`Plan` (float32 arrays)."""
+    b = bins.detach().cpu().numpy()
+    x = disc.decode(b).astype(np.float32)
+    o, a = obs_dim, act_dim
+    return Plan(x[:, :o], x[:, o:o + a], x[:, o + a], x[:, o + a + 1], b, float(score))
+
+
+def context_capacity(model_max_transitions: int, horizon: int, max_context_transitions: int) -> int:
+    """Context transitions that fit before a plan of ``horizon`` transitions in the model's block."""
+    if horizon > model_max_transitions:
+        raise ValueError(f"horizon {horizon} exceeds the model's block of {model_max_transitions} transitions")
+    return min(max_context_transitions, model_max_transitions - horizon)
+
+
+class BeamPlanner:
+    """Batched, K/V-cached TT beam search. Reuse one instance: decoder buffers are kept across plans."""
+
+    def __init__(self, model: TrajectoryTransformer, discretizer: Discretizer, config: PlannerConfig,
+                 dtype: torch.dtype | None = None, static: bool | None = None,
+                 cuda_graphs: bool | None = None) -> None:
+        """``dtype``: decoder dtype (default: the model's; use bfloat16 on CUDA). ``static``: static-shape
+        decoding (default: on CUDA only); ``cuda_graphs``: capture it into CUDA graphs (default: when
+        static on CUDA; untested on the dev machine)."""
+        cfg = model.cfg
+        if discretizer.dim != cfg.transition_dim or discretizer.n_bins != cfg.n_bins:
+            raise ValueError(f"discretizer ({discretizer.dim} x {discretizer.n_bins}) does not fit the model "
+                             f"({cfg.transition_dim} x {cfg.n_bins})")
+        if config.mode == "goal" and not cfg.goal_conditioned:
+            raise ValueError("mode 'goal' needs a goal-conditioned model (TTConfig.goal_conditioned=True)")
+        if config.mode != "goal" and cfg.goal_conditioned:
+            raise ValueError("this model is goal-conditioned: use mode 'goal'")
+        self.model = model.eval()
+        self.disc = discretizer
+        self.config = config
+        self.device = model.head.device
+        if static is None:
+            static = self.device.type == "cuda"
+        self.decoder = BeamDecoder(model, dtype, static=static, cuda_graphs=cuda_graphs)
+        self.context_transitions = context_capacity(cfg.max_transitions, config.horizon,
+                                                    config.max_context_transitions)
+        mids = discretizer.midpoints.to(self.device)
+        self._mid_r, self._mid_v = mids[-2].contiguous(), mids[-1].contiguous()
+        self.last_stats: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def decode_steps(self) -> int:
+        """Sequential decoder calls per plan (excluding the prefill)."""
+        c = self.model.cfg
+        return self.config.horizon * c.transition_dim - c.obs_dim - 1
+
+    def check_prefix(self, prefix: torch.Tensor) -> torch.Tensor:
+        """Validate a prefix of global ids: whole transitions then one observation; crop old transitions
+        so that context + horizon fits the block. Returns (T0,) int64 on the planner's device."""
+        c = self.model.cfg
+        d, o = c.transition_dim, c.obs_dim
+        prefix = torch.as_tensor(prefix, dtype=torch.long, device=self.device).reshape(-1)
+        if prefix.numel() < o or (prefix.numel() - o) % d:
+            raise ValueError(f"prefix must be k*{d} context tokens + {o} observation tokens, got {prefix.numel()}")
+        n_ctx = (prefix.numel() - o) // d
+        keep = min(n_ctx, self.context_transitions)
+        return prefix[(n_ctx - keep) * d:]
+
+    # ------------------------------------------------------------------------------------------ planning
+    @torch.inference_mode()
+    def plan(self, prefix: torch.Tensor, generator: torch.Generator, goal: torch.Tensor | None = None) -> Plan:
+        """Plan from ``prefix`` (T0,) global token ids ending with the current observation's O tokens.
+        ``goal`` (O,) global ids of the goal observation (mode 'goal'). Returns the best :class:`Plan`."""
+        cfg, mc = self.config, self.model.cfg
+        t_start = time.perf_counter()
+        prefix = self.check_prefix(prefix)
+        if (goal is None) != (cfg.mode != "goal"):
+            raise ValueError("a goal is required in mode 'goal' and not allowed otherwise")
+        if goal is not None:
+            goal = torch.as_tensor(goal, dtype=torch.long, device=self.device).reshape(1, -1)
+        o, a, d, n = mc.obs_dim, mc.act_dim, mc.transition_dim, mc.n_bins
+        h_steps, w, e = cfg.horizon, cfg.beam_width, cfg.n_expand
+        b = w * e
+        logp_mode = cfg.mode != "reward"
+        dev = self.device
+
+        u = torch.rand((h_steps, b, a), generator=generator, device=dev)
+        pre = self.model.prefill(prefix.unsqueeze(0), goal)
+        dec = self.decoder
+        dec.set_prefix(pre)
+        dec.allocate(w, e, max(1, (h_steps - 1) * (d - 1)), a + 1)
+        dec.cur = 0
+
+        expand_idx = torch.arange(w, device=dev).repeat_interleave(e)  # candidate -> parent beam
+        first_obs = prefix[-o:] - n * torch.arange(o, device=dev)
+        bins = torch.zeros(w, h_steps, d, dtype=torch.long, device=dev)
+        bins[:, 0, :o] = first_obs
+        rewards = torch.zeros(w, h_steps + 1, device=dev)
+        discounts = cfg.discount ** torch.arange(h_steps + 1, device=dev, dtype=torch.float32)
+        score = torch.zeros(w, device=dev)
+        logits = pre.last_logits.expand(w, -1)
+        pos = prefix.numel()
+        hist_len = 0
+        for t in range(h_steps):
+            # ---- expand, then actions (sampled) and reward/value (greedy) for every candidate
+            logits = logits.index_select(0, expand_idx)
+            cand_score = score.index_select(0, expand_idx) if logp_mode else None
+            step_tokens = []
+            for j in range(a):
+                c = sample_bins(logits[:, :n], u[t, :, j], cfg.cdf_act, cfg.k_act)
+                if logp_mode:
+                    cand_score = cand_score + token_logp(logits, c)
+                step_tokens.append(c)
+                logits = dec.step(c, pos, e, hist_len, j, "step")
+                pos += 1
+            r = greedy_bins(logits)
+            r_hat = expectation(logits, self._mid_r)
+            if logp_mode:
+                cand_score = cand_score + token_logp(logits, r)
+            step_tokens.append(r)
+            logits = dec.step(r, pos, e, hist_len, a, "step")
+            pos += 1
+            v = greedy_bins(logits)
+            step_tokens.append(v)
+            if logp_mode:
+                cand_score = cand_score + token_logp(logits, v)
+            else:
+                cand_rewards = rewards.index_select(0, expand_idx)
+                cand_rewards[:, t] = r_hat
+                cand_rewards[:, t + 1] = expectation(logits, self._mid_v)
+                cand_score = cand_rewards @ discounts
+            # ---- keep the top W (sorted, so beam 0 is the best)
+            score, top = torch.topk(cand_score, w)
+            parent = expand_idx.index_select(0, top)
+            bins = bins.index_select(0, parent)
+            bins[:, t, o:] = torch.stack(step_tokens, dim=1).index_select(0, top)
+            if not logp_mode:
+                rewards = cand_rewards.index_select(0, top)
+            if t == h_steps - 1:
+                break
+            # ---- next observation, greedy, at beam width
+            dec.merge(parent, top, hist_len, a + 1)
+            hist_len += a + 1
+            logits = dec.step(bins[:, t, d - 1], pos, 1, hist_len, 0, None)  # value token: query only
+            pos += 1
+            obs_tokens = []
+            for _ in range(o):
+                c = greedy_bins(logits)
+                if logp_mode:
+                    score = score + token_logp(logits, c)
+                obs_tokens.append(c)
+                logits = dec.step(c, pos, 1, hist_len, 0, "hist")
+                pos += 1
+                hist_len += 1
+            bins[:, t + 1, :o] = torch.stack(obs_tokens, dim=1)
+        plan = decode_plan(bins[0], score[0], self.disc, o, a)
+        self.last_stats = {"plan_ms": (time.perf_counter() - t_start) * 1e3, "context_tokens": float(prefix.numel())}
+        return plan
+
+
+def plan_flops(model_cfg, config: PlannerConfig, prefix_len: int) -> float:
+    """Multiply-add FLOPs (x2) of one plan by this planner: prefill + every decode step's linear layers,
+    heads and attention over (valid prefix keys + the beam's cached tokens). Elementwise ops excluded."""
+    mc = model_cfg
+    c, n_l, d, o, a = mc.n_embd, mc.n_layer, mc.transition_dim, mc.obs_dim, mc.act_dim
+    per_row = n_l * 2 * (c * 3 * c + c * c + 2 * c * 4 * c) + 2 * c * (mc.n_bins + 1)
+    tp = prefix_len - prefix_len // d  # keys visible to planned tokens (value keys dropped)
+    total = prefix_len * per_row + n_l * 4 * c * prefix_len * prefix_len / 2  # prefill (causal)
+    w, b = config.beam_width, config.beam_width * config.n_expand
+    hist = 0
+    for t in range(config.horizon):
+        for s in range(a + 1):  # actions + reward at W*E rows
+            total += b * (per_row + n_l * 4 * c * (tp + hist + s + 1))
+        if t == config.horizon - 1:
+            break
+        hist += a + 1
+        total += w * (per_row + n_l * 4 * c * (tp + hist))  # value token (query only)
+        for _ in range(o):
+            hist += 1
+            total += w * (per_row + n_l * 4 * c * (tp + hist))
+    return float(total)

@@ -1,0 +1,266 @@
+"""The planner node on a real rclpy graph (loopback): lifecycle, parameters, mapping, safety cases.
+
+Each test builds its own context (conftest ``ros_context``), spins nodes in executor threads and
+asserts what the node actually published on the command topic.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+
+from node_harness import (
+    CHEETAH,
+    Graph,
+    LinearPolicy,
+    Probe,
+    connected,
+    make_planner,
+    wait_for,
+)
+from rclpy.exceptions import InvalidParameterValueException
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from std_msgs.msg import Bool, Float64, Float64MultiArray, String
+
+pytestmark = pytest.mark.ros
+OK = TransitionCallbackReturn.SUCCESS
+
+
+@pytest.fixture
+def graph(ros_context):
+    g = Graph(ros_context)
+    yield g
+    g.close()
+
+
+def _obs(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=17).astype(np.float32)
+
+
+def _start(graph: Graph, policy: LinearPolicy, array: bool = False, **params):
+    planner = graph.spin(make_planner(graph.context, policy, **params), multi=True)
+    probe = graph.spin(Probe(graph.context))
+    assert planner.trigger_configure() == OK
+    assert planner.trigger_activate() == OK
+    assert connected(probe, planner, array=array)
+    return planner, probe
+
+
+def _send(probe: Probe, obs: np.ndarray, n_before: int, stamp=(0, 0), **kw) -> np.ndarray:
+    probe.pub_js.publish(probe.joint_state(obs, stamp=stamp, **kw))
+    assert wait_for(lambda: probe.n_commands() > n_before), "no command for a valid state"
+    return probe.commands[n_before]
+
+
+def test_lifecycle_transitions(graph):
+    policy = LinearPolicy(horizon=3)
+    planner = graph.spin(make_planner(graph.context, policy, publish_on="new_state", stale_timeout_s=5.0), multi=True)
+    probe = graph.spin(Probe(graph.context))
+    assert planner.current_state_label() == "unconfigured" and planner.policy is None
+    assert planner.trigger_configure() == OK
+    assert planner.current_state_label() == "inactive"
+    assert policy.calls == 1, "on_configure must warm the model up with one dummy plan"
+    assert planner.trigger_activate() == OK and planner.current_state_label() == "active"
+    assert connected(probe, planner)
+    obs = _obs(1)
+    cmd = _send(probe, obs, 0, stamp=(1, 0))
+    np.testing.assert_allclose(cmd, policy.expected(obs), atol=1e-6)
+    # The plan topic carries steps x [action | predicted observation].
+    assert wait_for(lambda: len(probe.plans) > 0)
+    plan = probe.plans[-1]
+    assert [d.size for d in plan.layout.dim] == [3, 6 + 17]
+    np.testing.assert_allclose(np.reshape(plan.data, (3, 23))[1, :6], policy.expected(obs) * 0.5, atol=1e-6)
+    # Deactivate: exactly one safe (zero) command, then silence even when states arrive.
+    assert planner.trigger_deactivate() == OK and planner.current_state_label() == "inactive"
+    assert wait_for(lambda: probe.n_commands() == 2)
+    np.testing.assert_array_equal(probe.commands[1], np.zeros(6))
+    probe.pub_js.publish(probe.joint_state(_obs(2), stamp=(2, 0)))
+    assert not wait_for(lambda: probe.n_commands() > 2, timeout=0.3)
+    assert planner.trigger_cleanup() == OK
+    assert planner.current_state_label() == "unconfigured" and planner.policy is None
+    assert planner._planning_thread is None and planner._cmd_pub is None
+    assert planner.trigger_configure() == OK, "configure must work again after cleanup"
+
+
+def test_configure_failures(graph, tmp_path):
+    empty = graph.spin(make_planner(graph.context, LinearPolicy(), checkpoint=""))
+    assert empty.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert empty.current_state_label() == "unconfigured"
+    ckpt = tmp_path / "m.json"
+    ckpt.write_text(json.dumps({"kind": "dt"}))
+    wrong_kind = make_planner(graph.context, LinearPolicy(), checkpoint=str(tmp_path / "m"), planner="tt")
+    assert wrong_kind.trigger_configure() == TransitionCallbackReturn.FAILURE
+    wrong_dim = make_planner(graph.context, LinearPolicy(obs_dim=5))
+    assert wrong_dim.trigger_configure() == TransitionCallbackReturn.FAILURE
+    wrong_bounds = make_planner(graph.context, LinearPolicy(), action_low=[-1.0, 1.0])
+    assert wrong_bounds.trigger_configure() == TransitionCallbackReturn.FAILURE
+    for n in (wrong_kind, wrong_dim, wrong_bounds):
+        assert n.current_state_label() == "unconfigured"
+        n.destroy_node()
+
+
+def test_parameter_validation(graph):
+    for bad in ({"deadline_ms": -1.0}, {"horizon": 5000}, {"fallback": "pray"}, {"planner": "ppo"},
+                {"control_rate_hz": 0.0}):
+        with pytest.raises(InvalidParameterValueException):
+            make_planner(graph.context, LinearPolicy(), **bad)
+    node = graph.spin(make_planner(graph.context, LinearPolicy(), max_delta_per_tick=0.5))
+    assert node.trigger_configure() == OK
+    res = node.set_parameters([Parameter("deadline_ms", value=-5.0)])[0]
+    assert not res.successful and node.p("deadline_ms") == 0.0
+    res = node.set_parameters([Parameter("fallback", value="bogus")])[0]
+    assert not res.successful and "not one of" in res.reason
+    res = node.set_parameters([Parameter("checkpoint", value="other")])[0]
+    assert not res.successful, "checkpoint is read-only"
+    res = node.set_parameters([Parameter("max_delta_per_tick", value=0.1), Parameter("fallback", value="zero")])
+    assert all(r.successful for r in res)
+    assert node._safety.config.max_delta == 0.1 and node._safety.config.fallback == "zero"
+
+
+def test_joint_state_reordered_and_renamed(graph):
+    policy = LinearPolicy()
+    _, probe = _start(graph, policy, publish_on="new_state", joint_name_map=["robot/bthigh:bthigh"])
+    obs = _obs(3)
+    order = list(reversed(CHEETAH.joints))
+    msg = probe.joint_state(obs, order=order, stamp=(1, 0))
+    msg.name = ["robot/bthigh" if n == "bthigh" else n for n in msg.name]
+    probe.pub_js.publish(msg)
+    assert wait_for(lambda: probe.n_commands() > 0)
+    np.testing.assert_allclose(policy.observations[-1], obs, atol=1e-6)
+    np.testing.assert_allclose(probe.commands[0], policy.expected(obs), atol=1e-6)
+
+
+def test_missing_joint_and_duplicate_rejected(graph):
+    policy = LinearPolicy()
+    planner, probe = _start(graph, policy, publish_on="new_state", stale_timeout_s=5.0, diagnostics_period_s=0.1)
+    probe.pub_js.publish(probe.joint_state(_obs(4), stamp=(1, 0), drop="bfoot"))
+    assert wait_for(lambda: planner.counters["rejected_states"] == 1)
+    assert wait_for(lambda: any("lacks joints ['bfoot']" in d["message"] for d in probe.diagnostics))
+    assert probe.n_commands() == 0 and policy.calls == 1  # only the warm-up call
+    _send(probe, _obs(5), 0, stamp=(2, 0))
+    probe.pub_js.publish(probe.joint_state(_obs(5), stamp=(2, 0)))  # same stamp: a heartbeat repeat
+    assert wait_for(lambda: planner.counters["duplicate_states"] == 1)
+    assert not wait_for(lambda: probe.n_commands() > 1, timeout=0.2)
+
+
+def test_array_state_nan_and_wrong_length_rejected(graph):
+    policy = LinearPolicy()
+    planner, probe = _start(graph, policy, array=True, state_type="array", state_topic="/observation",
+                            publish_on="new_state", stale_timeout_s=5.0)
+    bad = _obs(6).astype(np.float64)
+    bad[3] = np.nan
+    probe.pub_arr.publish(Float64MultiArray(data=bad.tolist()))
+    probe.pub_arr.publish(Float64MultiArray(data=[0.0] * 5))
+    assert wait_for(lambda: planner.counters["rejected_states"] >= 1)
+    assert not wait_for(lambda: probe.n_commands() > 0, timeout=0.2)
+    assert "NaN" in planner.last_reject or "expects 17" in planner.last_reject
+    good = _obs(7)
+    probe.pub_arr.publish(Float64MultiArray(data=good.astype(np.float64).tolist()))
+    assert wait_for(lambda: probe.n_commands() == 1)
+    np.testing.assert_allclose(probe.commands[0], policy.expected(good), atol=1e-6)
+
+
+def test_bounds_rate_limit_and_reward(graph):
+    policy = LinearPolicy(scale=3.0)  # saturating actions
+    _, probe = _start(graph, policy, publish_on="new_state", stale_timeout_s=5.0, reward_wait_ms=200.0,
+                      action_low=[-0.2] * 6, action_high=[0.3] * 6, max_delta_per_tick=0.05)
+    first = _send(probe, _obs(8), 0, stamp=(1, 0))
+    np.testing.assert_allclose(first, np.clip(policy.raw(_obs(8)), -0.2, 0.3), atol=1e-6)
+    probe.pub_reward.publish(Float64(data=1.25))
+    second = _send(probe, -_obs(8), 1, stamp=(2, 0))
+    assert np.all(second >= -0.2) and np.all(second <= 0.3)
+    assert np.max(np.abs(second - first)) <= 0.05 + 1e-9
+    assert np.max(np.abs(second - first)) > 0.04, "the second state should have pushed the command to the limit"
+    assert policy.rewards[-2:] == [None, 1.25]
+
+
+def test_stale_state_commands_safe(graph):
+    policy = LinearPolicy()
+    planner, probe = _start(graph, policy, publish_on="tick", control_rate_hz=100.0, stale_timeout_s=0.15)
+    probe.pub_js.publish(probe.joint_state(_obs(9), stamp=(1, 0)))
+    assert wait_for(lambda: planner.counters["cmd_plan"] >= 1)
+    assert wait_for(lambda: planner.counters["stale_commands"] >= 3, timeout=3.0)
+    np.testing.assert_array_equal(probe.commands[-1], np.zeros(6))
+    assert any(np.abs(c).max() > 0 for c in probe.commands), "a real command came before the stale ones"
+
+
+@pytest.mark.parametrize("fallback", ["continue", "hold", "zero"])
+def test_deadline_fallback(graph, fallback):
+    policy = LinearPolicy(horizon=3, delays={2: 0.6})  # call 0 is the warm-up
+    planner, probe = _start(graph, policy, publish_on="new_state", control_rate_hz=200.0, deadline_ms=80.0,
+                            stale_timeout_s=5.0, fallback=fallback)
+    a = _send(probe, _obs(10), 0, stamp=(1, 0))
+    fb = _send(probe, _obs(11), 1, stamp=(2, 0))
+    expected = {"continue": a * 0.5, "hold": a, "zero": np.zeros(6)}[fallback]
+    np.testing.assert_allclose(fb, expected, atol=1e-6)
+    assert planner.counters["deadline_misses"] == 1
+    assert wait_for(lambda: policy.calls == 3 and planner._plan.seq == 2, timeout=2.0)
+    assert not wait_for(lambda: probe.n_commands() > 2, timeout=0.2), "a late plan must not be published"
+
+
+def test_estop_commands_safe_and_deactivates(graph):
+    policy = LinearPolicy()
+    planner, probe = _start(graph, policy, publish_on="new_state", stale_timeout_s=5.0)
+    _send(probe, _obs(12), 0, stamp=(1, 0))
+    probe.pub_estop.publish(Bool(data=True))
+    assert wait_for(lambda: planner.current_state_label() == "inactive")
+    assert wait_for(lambda: probe.n_commands() >= 2)
+    np.testing.assert_array_equal(probe.commands[1], np.zeros(6))
+    assert all(np.all(c == 0) for c in probe.commands[1:])
+    assert planner.trigger_activate() == TransitionCallbackReturn.FAILURE, "activation must fail while e-stopped"
+    probe.pub_estop.publish(Bool(data=False))
+    assert wait_for(lambda: not planner._estop)
+    assert planner.trigger_activate() == OK
+
+
+def test_planner_exception_and_nan_action_give_safe_commands(graph):
+    policy = LinearPolicy(raise_on={2}, nan_on={3})
+    planner, probe = _start(graph, policy, publish_on="new_state", stale_timeout_s=5.0, diagnostics_period_s=0.1)
+    _send(probe, _obs(13), 0, stamp=(1, 0))
+    err = _send(probe, _obs(14), 1, stamp=(2, 0))
+    np.testing.assert_array_equal(err, np.zeros(6))
+    assert wait_for(lambda: any(d["level"] == 2 and "exploded" in d["message"] for d in probe.diagnostics))
+    nan = _send(probe, _obs(15), 2, stamp=(3, 0))
+    np.testing.assert_array_equal(nan, np.zeros(6))
+    ok = _send(probe, _obs(16), 3, stamp=(4, 0))
+    np.testing.assert_allclose(ok, policy.expected(_obs(16)), atol=1e-6)
+    assert planner.last_error == "" and planner.counters["planner_errors"] == 2
+    assert all(np.all(np.isfinite(c)) and np.all(np.abs(c) <= 1) for c in probe.commands)
+
+
+def test_episode_reset_event_resets_policy(graph):
+    policy = LinearPolicy()
+    planner, probe = _start(graph, policy, publish_on="new_state", stale_timeout_s=5.0, target_return=500.0)
+    assert policy.resets[-1] == {"target_return": 500.0}
+    n_resets = len(policy.resets)
+    probe.pub_event.publish(String(data=json.dumps({"event": "reset"})))  # right after activation: no-op
+    assert wait_for(lambda: planner._pending_reset)
+    _send(probe, _obs(17), 0, stamp=(1, 0))
+    probe.pub_reward.publish(Float64(data=2.0))
+    _send(probe, _obs(18), 1, stamp=(2, 0))
+    assert len(policy.resets) == n_resets and policy.rewards[-2:] == [None, 2.0]
+    probe.pub_event.publish(String(data=json.dumps({"event": "reset"})))  # a new episode
+    assert wait_for(lambda: planner._pending_reset)
+    _send(probe, _obs(19), 2, stamp=(3, 0))
+    assert policy.resets[n_resets:] == [{"target_return": 500.0}] and policy.rewards[-1] is None
+
+
+def test_tick_mode_steps_through_the_plan(graph):
+    policy = LinearPolicy(horizon=3)
+    planner, probe = _start(graph, policy, publish_on="tick", control_rate_hz=50.0, stale_timeout_s=5.0)
+    obs = _obs(20)
+    probe.pub_js.publish(probe.joint_state(obs, stamp=(1, 0)))
+    assert wait_for(lambda: planner.counters["cmd_continue"] >= 3, timeout=3.0)
+    n = planner.counters["commands"]
+    assert wait_for(lambda: probe.n_commands() >= n), "every published command arrives (reliable)"
+    cmds = list(probe.commands)
+    first = next(i for i, c in enumerate(cmds) if np.abs(c).max() > 0)
+    assert all(np.all(c == 0) for c in cmds[:first]), "before the first plan: safe commands"
+    a = policy.expected(obs)
+    for k, scale in enumerate([1.0, 0.5, 0.25, 0.25]):  # the plan, then its last action held
+        np.testing.assert_allclose(cmds[first + k], a * scale, atol=1e-6)

@@ -1,0 +1,255 @@
+"""The cached beam-search planner against a naive full-recompute reference (same weights, seed, fp32):
+identical plans in every mode, on several random models and contexts. Plus the sampling primitives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ros_seqplanner.nets.discretizer import Discretizer
+from ros_seqplanner.nets.tt import TrajectoryTransformer, TTConfig
+from ros_seqplanner.planning.beam import BeamPlanner, PlannerConfig, plan_flops
+from ros_seqplanner.planning.sampling import expectation, filter_mask, greedy_bins, sample_bins, token_logp
+
+
+# ---------------------------------------------------------------------------------------------- reference
+@torch.no_grad()
+def reference_plan(model, disc, cfg: PlannerConfig, prefix: torch.Tensor, generator: torch.Generator,
+                   goal: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """Naive TT beam search: beams are explicit token sequences, ``model(tokens)`` recomputed from scratch
+    for every token, no cache. Same semantics and random-number use as BeamPlanner. Returns the best
+    beam's (H, D) bins and its score."""
+    mc = model.cfg
+    o, a, d, n = mc.obs_dim, mc.act_dim, mc.transition_dim, mc.n_bins
+    h_steps, w, e = cfg.horizon, cfg.beam_width, cfg.n_expand
+    mids = disc.midpoints
+    u = torch.rand((h_steps, w * e, a), generator=generator)
+    logp_mode = cfg.mode != "reward"
+
+    def next_logits(seqs: torch.Tensor) -> torch.Tensor:
+        g = None if goal is None else goal.reshape(1, -1).expand(seqs.shape[0], -1)
+        return model(seqs, goal=g)[0][:, -1]
+
+    seqs = prefix.reshape(1, -1).repeat(w, 1)
+    t0 = seqs.shape[1]
+    rewards = torch.zeros(w, h_steps + 1)
+    discounts = cfg.discount ** torch.arange(h_steps + 1, dtype=torch.float32)
+    score = torch.zeros(w)
+    for t in range(h_steps):
+        seqs, score, rewards = (z.repeat_interleave(e, 0) for z in (seqs, score, rewards))
+        for j in range(a):
+            lg = next_logits(seqs)
+            c = sample_bins(lg[:, :n], u[t, :, j], cfg.cdf_act, cfg.k_act)
+            if logp_mode:
+                score = score + token_logp(lg, c)
+            seqs = torch.cat([seqs, (c + n * (o + j))[:, None]], 1)
+        for k, col in ((d - 2, t), (d - 1, t + 1)):  # reward, value: greedy token, expectation for the score
+            lg = next_logits(seqs)
+            c = greedy_bins(lg)
+            rewards[:, col] = expectation(lg, mids[k])
+            if logp_mode:
+                score = score + token_logp(lg, c)
+            seqs = torch.cat([seqs, (c + n * k)[:, None]], 1)
+        if not logp_mode:
+            score = rewards @ discounts
+        score, top = torch.topk(score, w)
+        seqs, rewards = seqs[top], rewards[top]
+        if t < h_steps - 1:
+            for j in range(o):
+                lg = next_logits(seqs)
+                c = greedy_bins(lg)
+                if logp_mode:
+                    score = score + token_logp(lg, c)
+                seqs = torch.cat([seqs, (c + n * j)[:, None]], 1)
+    best = seqs[0, t0 - o:].reshape(h_steps, d) - n * torch.arange(d)
+    return best, float(score[0])
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+def make_model(seed: int, obs_dim=3, act_dim=2, n_bins=12, goal=False, max_transitions=6, sharpen=8.0):
+    torch.manual_seed(seed)
+    mc = TTConfig(obs_dim=obs_dim, act_dim=act_dim, n_bins=n_bins, n_layer=2, n_head=2, n_embd=16,
+                  dropout=0.0, max_transitions=max_transitions, goal_conditioned=goal)
+    model = TrajectoryTransformer(mc).eval()
+    with torch.no_grad():  # random init is near-uniform; sharpen so that beams and filters matter
+        for p in model.parameters():
+            p.mul_(sharpen)
+    rng = np.random.default_rng(seed)
+    disc = Discretizer.fit(rng.standard_normal((400, mc.transition_dim)), n_bins, "quantile")
+    return model, disc
+
+
+def random_prefix(mc: TTConfig, n_ctx: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    d, o, n = mc.transition_dim, mc.obs_dim, mc.n_bins
+    dims = torch.cat([torch.arange(d).repeat(n_ctx), torch.arange(o)])
+    return torch.randint(0, n, (dims.numel(),), generator=g) + n * dims
+
+
+CASES = [
+    # (mode, planner overrides, model seed, context transitions); "static": static-shape decoder path
+    ("reward", {}, 0, 2),
+    ("reward", {"static": True}, 0, 3),
+    ("imitation", {"static": True}, 9, 1),
+    ("reward", {}, 1, 0),
+    ("reward", {"cdf_act": None, "k_act": 3}, 2, 3),
+    ("reward", {"cdf_act": 0.3, "k_act": 5, "n_expand": 3}, 3, 1),
+    ("reward", {"horizon": 1}, 4, 2),
+    ("imitation", {}, 5, 2),
+    ("imitation", {"cdf_act": None}, 6, 1),
+    ("goal", {}, 7, 2),
+    ("goal", {"k_act": 4}, 8, 0),
+    ("goal", {"static": True}, 12, 2),
+]
+
+
+@pytest.mark.parametrize(("mode", "overrides", "seed", "n_ctx"), CASES)
+def test_cached_planner_equals_full_recompute(mode, overrides, seed, n_ctx):
+    model, disc = make_model(seed, goal=mode == "goal")
+    mc = model.cfg
+    overrides = dict(overrides)
+    static = overrides.pop("static", False)
+    kw = {"horizon": 3, "beam_width": 4, "n_expand": 2, "max_context_transitions": 3, "mode": mode, **overrides}
+    cfg = PlannerConfig(**kw)
+    planner = BeamPlanner(model, disc, cfg, static=static)
+    goal = None
+    if mode == "goal":
+        goal = torch.randint(0, mc.n_bins, (mc.obs_dim,)) + mc.n_bins * torch.arange(mc.obs_dim)
+    for ctx_seed in (10 * seed, 10 * seed + 1):  # same planner (reused buffers), two contexts
+        prefix = random_prefix(mc, n_ctx, ctx_seed)
+        plan = planner.plan(prefix, torch.Generator().manual_seed(ctx_seed), goal)
+        ref, ref_score = reference_plan(model, disc, cfg, planner.check_prefix(prefix),
+                                        torch.Generator().manual_seed(ctx_seed), goal)
+        np.testing.assert_array_equal(plan.tokens, ref.numpy())
+        assert plan.score == pytest.approx(ref_score, rel=1e-4, abs=1e-4)
+        h, d = cfg.horizon, mc.transition_dim
+        assert plan.tokens.shape == (h, d)
+        assert plan.observations.shape == (h, mc.obs_dim) and plan.actions.shape == (h, mc.act_dim)
+        assert plan.rewards.shape == (h,) and plan.values.shape == (h,)
+        # row 0 observation is the current observation's tokens
+        np.testing.assert_array_equal(plan.tokens[0, :mc.obs_dim], (prefix[-mc.obs_dim:] % mc.n_bins).numpy())
+        np.testing.assert_allclose(plan.actions, disc.decode(plan.tokens)[:, mc.obs_dim:mc.obs_dim + mc.act_dim])
+
+
+def test_longer_obs_and_wider_beam_match_reference():
+    model, disc = make_model(11, obs_dim=5, act_dim=3, n_bins=20, max_transitions=5, sharpen=4.0)
+    cfg = PlannerConfig(horizon=3, beam_width=6, n_expand=2, max_context_transitions=2)
+    planner = BeamPlanner(model, disc, cfg)
+    prefix = random_prefix(model.cfg, 2, 3)
+    plan = planner.plan(prefix, torch.Generator().manual_seed(5))
+    ref, _ = reference_plan(model, disc, cfg, planner.check_prefix(prefix), torch.Generator().manual_seed(5))
+    np.testing.assert_array_equal(plan.tokens, ref.numpy())
+
+
+def test_seed_controls_plan_and_reuse_is_deterministic():
+    model, disc = make_model(0, sharpen=1.0)  # near-uniform logits: plans vary with the seed
+    planner = BeamPlanner(model, disc, PlannerConfig(horizon=3, beam_width=4, max_context_transitions=2))
+    prefix = random_prefix(model.cfg, 2, 0)
+    plans = [planner.plan(prefix, torch.Generator().manual_seed(s)).tokens for s in (1, 1, 2)]
+    np.testing.assert_array_equal(plans[0], plans[1])
+    assert not np.array_equal(plans[0], plans[2])
+
+
+def test_context_is_cropped_to_fit_the_block():
+    model, disc = make_model(0)  # max_transitions 6
+    planner = BeamPlanner(model, disc, PlannerConfig(horizon=4, beam_width=2, max_context_transitions=5))
+    assert planner.context_transitions == 2  # 6 - 4
+    mc = model.cfg
+    prefix = random_prefix(mc, 5, 0)
+    cropped = planner.check_prefix(prefix)
+    assert torch.equal(cropped, prefix[3 * mc.transition_dim:])
+    planner.plan(prefix, torch.Generator().manual_seed(0))  # does not exceed the block
+    with pytest.raises(ValueError, match="observation tokens"):
+        planner.check_prefix(prefix[:-1])
+    with pytest.raises(ValueError, match="exceeds the model's block"):
+        BeamPlanner(model, disc, PlannerConfig(horizon=7, beam_width=2))
+
+
+def test_mode_model_mismatch_and_bad_config():
+    model, disc = make_model(0)
+    with pytest.raises(ValueError, match="goal-conditioned"):
+        BeamPlanner(model, disc, PlannerConfig(mode="goal"))
+    gmodel, gdisc = make_model(0, goal=True)
+    with pytest.raises(ValueError, match="use mode 'goal'"):
+        BeamPlanner(gmodel, gdisc, PlannerConfig(mode="reward"))
+    planner = BeamPlanner(gmodel, gdisc, PlannerConfig(mode="goal", horizon=2, beam_width=2))
+    with pytest.raises(ValueError, match="goal is required"):
+        planner.plan(random_prefix(gmodel.cfg, 0, 0), torch.Generator())
+    for bad in ({"mode": "nope"}, {"beam_width": 0}, {"k_obs": 2}, {"cdf_act": 1.5}, {"discount": 0.0}):
+        with pytest.raises(ValueError):
+            PlannerConfig(**bad)
+
+
+def test_goal_changes_the_plan():
+    model, disc = make_model(3, goal=True, sharpen=4.0)
+    mc = model.cfg
+    planner = BeamPlanner(model, disc, PlannerConfig(mode="goal", horizon=3, beam_width=4, max_context_transitions=2))
+    prefix = random_prefix(mc, 1, 0)
+    offs = mc.n_bins * torch.arange(mc.obs_dim)
+    plans = [planner.plan(prefix, torch.Generator().manual_seed(0), torch.full((mc.obs_dim,), g) + offs).tokens
+             for g in (0, mc.n_bins - 1)]
+    assert not np.array_equal(plans[0], plans[1])
+
+
+def test_flop_count_grows_with_beam_and_horizon():
+    mc = TTConfig(obs_dim=17, act_dim=6)
+    base = PlannerConfig(horizon=5, beam_width=32)
+    f = plan_flops(mc, base, 142)
+    assert 5e9 < f < 2e10  # ~9 GFLOP for the halfcheetah preset
+    assert plan_flops(mc, PlannerConfig(horizon=5, beam_width=64), 142) > 1.9 * f - 1e9
+    assert plan_flops(mc, PlannerConfig(horizon=10, beam_width=32), 142) > 2 * f
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def official_filter_cdf(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """jannerm/trajectory-transformer filter_cdf, transcribed for the test: returns the kept mask."""
+    probs = logits.softmax(-1)
+    srt, _ = torch.sort(probs, -1)
+    cum = torch.cumsum(srt, -1)
+    inds = torch.argmax((cum < threshold) * torch.arange(logits.shape[-1]), -1)
+    thr = srt[torch.arange(logits.shape[0]), inds]
+    out = logits.clone()
+    out[probs <= thr[:, None]] = -1000
+    return out.softmax(-1) > 1e-30
+
+
+def test_cdf_filter_matches_official_rule():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(200, 30, generator=g) * 2
+    for cdf in (0.0, 0.3, 0.6, 0.9):
+        keep = filter_mask(logits.softmax(-1), cdf=cdf)
+        assert torch.equal(keep, official_filter_cdf(logits, cdf))
+    # cdf 0.6 keeps at least 40% of the mass and drops something
+    p = logits.softmax(-1)
+    keep = filter_mask(p, cdf=0.6)
+    assert ((p * keep).sum(-1) >= 0.4 - 1e-6).all() and (keep.sum(-1) < 30).all()
+
+
+def test_topk_filter_and_tie_fallback():
+    p = torch.tensor([[0.1, 0.4, 0.2, 0.3], [0.25, 0.25, 0.25, 0.25]])
+    assert filter_mask(p, topk=2).tolist() == [[False, True, False, True], [True, True, True, True]]
+    assert filter_mask(p, cdf=0.6)[1].all()  # all tied: official keeps (uniformly) everything
+    assert filter_mask(p) is None
+
+
+def test_inverse_cdf_sampling_follows_filtered_probabilities():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, -1.0]])
+    n = 20000
+    u = torch.rand(n, generator=torch.Generator().manual_seed(1))
+    s = sample_bins(logits.expand(n, -1), u, cdf=0.2)
+    p = logits.softmax(-1)[0]
+    keep = filter_mask(p[None], cdf=0.2)[0]
+    target = (p * keep) / (p * keep).sum()
+    freq = torch.bincount(s, minlength=5).float() / n
+    assert torch.allclose(freq, target, atol=0.015)
+    assert (freq[~keep] == 0).all()
+
+
+def test_expectation_greedy_and_logp():
+    logits = torch.tensor([[0.0, 2.0, 1.0, 5.0]])  # 3 bins + stop
+    mids = torch.tensor([1.0, 2.0, 3.0])
+    p = logits.softmax(-1)[0]
+    assert expectation(logits, mids).item() == pytest.approx(float(p[:3] @ mids))  # stop dropped, not renormalised
+    assert greedy_bins(logits).item() == 1  # stop class never chosen
+    assert token_logp(logits, torch.tensor([2])).item() == pytest.approx(float(p[2].log()))
