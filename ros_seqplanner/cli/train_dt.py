@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 
+from ros_seqplanner.cli._common import add_dataset_arguments, add_runtime_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help="D4RL-style .hdf5 file, Minari dataset directory or Minari id")
-    p.add_argument("--out", required=True, help="checkpoint path without suffix (writes .safetensors + .json)")
-    p.add_argument("--env-id", default=None, help="override the env id stored in the dataset/checkpoint")
+    add_dataset_arguments(p)
     p.add_argument("--target-return", type=float, action="append", default=None,
                    help="evaluation target return(s), repeatable; default: DT paper per env (first = default)")
     g = p.add_argument_group("model")
@@ -30,35 +30,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--warmup-steps", type=int, default=10_000)
     g.add_argument("--grad-clip", type=float, default=0.25)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    g.add_argument("--no-progress", action="store_true")
+    add_runtime_arguments(g)
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    import torch
-
+    from ros_seqplanner.cli._common import load_training_dataset
     from ros_seqplanner.data.episodes import DatasetError
-    from ros_seqplanner.data.loading import load_dataset
     from ros_seqplanner.training.dt import DTTrainConfig, train_dt
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
-        dataset = load_dataset(args.dataset)
-        if args.env_id:
-            dataset.env_id = args.env_id
+        dataset = load_training_dataset(args)
         config = DTTrainConfig(
             context=args.context, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
             dropout=args.dropout, max_ep_len=args.max_ep_len, rtg_scale=args.rtg_scale,
             batch_size=args.batch_size, steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
             warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, seed=args.seed, device=args.device,
             target_returns=tuple(args.target_return or ()), progress=not args.no_progress)
-        print(f"dataset {args.dataset}: {len(dataset)} episodes, {dataset.num_transitions} transitions, "
-              f"obs {dataset.obs_dim}, act {dataset.act_dim}", file=sys.stderr)
         path = train_dt(dataset, config, args.out)
     except (DatasetError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

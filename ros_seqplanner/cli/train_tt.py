@@ -13,11 +13,11 @@ import shlex
 import sys
 from pathlib import Path
 
+from ros_seqplanner.cli._common import add_dataset_arguments, add_runtime_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help="D4RL-style .hdf5 file, Minari dataset directory or Minari id")
-    p.add_argument("--out", required=True, help="checkpoint path without suffix (writes .safetensors + .json)")
-    p.add_argument("--env-id", default=None, help="override the env id stored in the checkpoint")
+    add_dataset_arguments(p)
     p.add_argument("--resume", default=None, help="continue from this checkpoint (its .state files next to it)")
     g = p.add_argument_group("tokens")
     g.add_argument("--n-bins", type=int, default=100)
@@ -43,30 +43,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of the steps")
     g.add_argument("--stop-at-step", type=int, default=None, help="stop early with a resumable checkpoint")
     g.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0 = end only)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    add_runtime_arguments(g)
     g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    g.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from ros_seqplanner.cli._common import load_training_dataset
     from ros_seqplanner.data.episodes import DatasetError
-    from ros_seqplanner.data.loading import load_dataset
     from ros_seqplanner.nets.checkpoint import CheckpointError
     from ros_seqplanner.training.tt import TTTrainConfig, train_tt
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
-        dataset = load_dataset(args.dataset)
+        dataset = load_training_dataset(args)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.env_id:
-        dataset.env_id = args.env_id
     config = TTTrainConfig(
         n_bins=args.n_bins, strategy=args.strategy, gamma=args.gamma, termination_penalty=args.termination_penalty,
         max_transitions=args.max_transitions, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
