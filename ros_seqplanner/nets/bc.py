@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ros_seqplanner.nets.bounds import ActionBoundsMixin
 from ros_seqplanner.nets.checkpoint import CheckpointError, load_checkpoint, load_state_into, save_checkpoint
 
 
 @dataclass(frozen=True)
-class BCConfig:
+class BCConfig(ActionBoundsMixin):
     obs_dim: int
     act_dim: int
     hidden: int = 256
@@ -30,17 +31,8 @@ class BCConfig:
     def __post_init__(self) -> None:
         if self.obs_dim < 1 or self.act_dim < 1 or self.hidden < 1 or self.n_layer < 1:
             raise ValueError("obs_dim, act_dim, hidden and n_layer must be >= 1")
-        for name in ("action_low", "action_high"):
-            v = getattr(self, name)
-            if v and len(v) != self.act_dim:
-                raise ValueError(f"{name} has {len(v)} values, expected act_dim={self.act_dim}")
-            object.__setattr__(self, name, tuple(float(x) for x in v))
-        low, high = self.bounds()
-        if any(h <= lo for lo, h in zip(low, high)):
-            raise ValueError(f"action_high must exceed action_low everywhere: {low} vs {high}")
+        self._check_action_bounds()
 
-    def bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        return (self.action_low or (-1.0,) * self.act_dim, self.action_high or (1.0,) * self.act_dim)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -34,11 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ros_seqplanner.nets.bounds import ActionBoundsMixin
 from ros_seqplanner.nets.checkpoint import CheckpointError, load_checkpoint, load_state_into, save_checkpoint
 
 
 @dataclass(frozen=True)
-class DTConfig:
+class DTConfig(ActionBoundsMixin):
     obs_dim: int
     act_dim: int
     context: int = 20  # K, steps per training window
@@ -57,19 +58,8 @@ class DTConfig:
             raise ValueError("context, max_ep_len and n_layer must be >= 1")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        for name in ("action_low", "action_high"):
-            v = getattr(self, name)
-            if v and len(v) != self.act_dim:
-                raise ValueError(f"{name} has {len(v)} values, expected act_dim={self.act_dim}")
-            object.__setattr__(self, name, tuple(float(x) for x in v))
-        low, high = self.bounds()
-        if any(h <= lo for lo, h in zip(low, high)):
-            raise ValueError(f"action_high must exceed action_low everywhere: {low} vs {high}")
+        self._check_action_bounds()
 
-    def bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        low = self.action_low or (-1.0,) * self.act_dim
-        high = self.action_high or (1.0,) * self.act_dim
-        return low, high
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

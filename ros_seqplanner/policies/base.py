@@ -49,3 +49,12 @@ def check_observation(observation: np.ndarray, obs_dim: int) -> np.ndarray:
     if not np.all(np.isfinite(obs)):
         raise ValueError("observation contains NaN or Inf")
     return obs
+
+
+def obs_normaliser(obs_mean: np.ndarray, obs_std: np.ndarray, obs_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validated float32 (mean, std) of length ``obs_dim`` for state normalisation (std > 0)."""
+    mean = np.asarray(obs_mean, dtype=np.float32).reshape(obs_dim)
+    std = np.asarray(obs_std, dtype=np.float32).reshape(obs_dim)
+    if not np.all(std > 0):
+        raise ValueError("obs_std must be positive")
+    return mean, std

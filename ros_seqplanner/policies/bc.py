@@ -11,7 +11,7 @@ import torch
 
 from ros_seqplanner.nets.bc import BCModel, load_bc
 from ros_seqplanner.nets.checkpoint import CheckpointError
-from ros_seqplanner.policies.base import PolicyTimings, check_observation
+from ros_seqplanner.policies.base import PolicyTimings, check_observation, obs_normaliser
 
 
 class BCPolicy:
@@ -24,13 +24,8 @@ class BCPolicy:
         self.meta = meta or {}
         self.env_id = str(self.meta.get("env_id", ""))
         self.obs_dim, self.act_dim = cfg.obs_dim, cfg.act_dim
-        low, high = cfg.bounds()
-        self.action_low = np.asarray(low, dtype=np.float32)
-        self.action_high = np.asarray(high, dtype=np.float32)
-        self.obs_mean = np.asarray(obs_mean, dtype=np.float32).reshape(cfg.obs_dim)
-        self.obs_std = np.asarray(obs_std, dtype=np.float32).reshape(cfg.obs_dim)
-        if not np.all(self.obs_std > 0):
-            raise ValueError("obs_std must be positive")
+        self.action_low, self.action_high = (np.asarray(b, dtype=np.float32) for b in cfg.bounds())
+        self.obs_mean, self.obs_std = obs_normaliser(obs_mean, obs_std, cfg.obs_dim)
         self.device = next(model.parameters()).device
         self.timings = PolicyTimings()
 

@@ -57,6 +57,9 @@ class BehaviourPolicy:
         common interface; inference runs in numpy on the CPU."""
         from ros_seqplanner.nets.checkpoint import load_checkpoint
 
+        unknown = set(options) - {"noise", "sigma", "seed"}
+        if unknown:
+            raise ValueError(f"unknown behaviour-policy options {sorted(unknown)}; known: noise, sigma, seed")
         tensors, meta = load_checkpoint(path, kind="behaviour")
         weights = {k: v.float().numpy() for k, v in tensors.items()}
         return cls(weights, meta, **options)
