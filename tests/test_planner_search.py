@@ -88,7 +88,8 @@ def random_prefix(mc: TTConfig, n_ctx: int, seed: int) -> torch.Tensor:
 
 
 CASES = [
-    # (mode, planner overrides, model seed, context transitions); "static": static-shape decoder path
+    # (mode, planner overrides, model seed, context transitions); "static": static-shape decoder path;
+    # "eager": decoder blocks run eagerly instead of through the TorchScript'ed function
     ("reward", {}, 0, 2),
     ("reward", {"static": True}, 0, 3),
     ("imitation", {"static": True}, 9, 1),
@@ -101,6 +102,9 @@ CASES = [
     ("goal", {}, 7, 2),
     ("goal", {"k_act": 4}, 8, 0),
     ("goal", {"static": True}, 12, 2),
+    ("reward", {"eager": True}, 13, 2),
+    ("imitation", {"static": True, "eager": True, "n_expand": 3}, 14, 1),
+    ("reward", {"n_expand": 1}, 15, 2),
 ]
 
 
@@ -110,9 +114,11 @@ def test_cached_planner_equals_full_recompute(mode, overrides, seed, n_ctx):
     mc = model.cfg
     overrides = dict(overrides)
     static = overrides.pop("static", False)
+    eager = overrides.pop("eager", False)
     kw = {"horizon": 3, "beam_width": 4, "n_expand": 2, "max_context_transitions": 3, "mode": mode, **overrides}
     cfg = PlannerConfig(**kw)
     planner = BeamPlanner(model, disc, cfg, static=static)
+    planner.decoder.jit = not eager
     goal = None
     if mode == "goal":
         goal = torch.randint(0, mc.n_bins, (mc.obs_dim,)) + mc.n_bins * torch.arange(mc.obs_dim)

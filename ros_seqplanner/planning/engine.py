@@ -9,17 +9,22 @@ Beam search has more structure, which this decoder exploits:
   (H, hd, Tp) keys / (H, Tp, hd) values, only the keys a trajectory query may see (value-token keys,
   masked for every query, are dropped, so no mask is needed), and attended by one batched matmul per
   head for all candidates (never copied per beam).
-- **History at beam width.** Tokens of *finished* planning steps live in a (W, H, L, hd) buffer per
-  layer. The E expansions of a beam share it: their queries are stacked as (W, H, E, hd), so the
-  history is read once per beam, not once per candidate, and never copied for expansion.
-- **Step block at W*E.** The action and reward tokens of the current planning step, one row per
-  candidate. After the top-W selection, history rows are gathered by parent (``index_select`` into a
-  second buffer, ping-pong, no allocation) and the winners' step rows appended: one copy per planning
-  step instead of two full reorders.
+- **History at beam width.** Tokens of *finished* planning steps live in one buffer per layer with a
+  row per beam, head-major: (2 [k, v], H, W, T, hd). The E expansions of a
+  beam share it: their queries are stacked as (H*W, E, hd), so the history is read once per beam, not
+  once per candidate, and never copied for expansion.
+- **Step region in the same buffer.** The action and reward tokens of the current planning step are
+  written behind the history of their beam's row, candidate e at columns ``hist_len + e*S + j``; a
+  precomputed additive mask hides a candidate's siblings and its own not-yet-written columns. So one
+  batched matmul covers history + step tokens (no separate step-block attention, no concatenation of
+  per-part outputs), and one softmax covers prefix + history + step. After the top-W selection, history
+  rows are gathered by parent (``index_select`` into a second buffer, ping-pong, no allocation) and the
+  winners' step columns appended: one copy per planning step instead of two full reorders.
 - **Value tokens are never cached**: no query attends to them (official mask), so they are only run
   as queries (to get the logits of the next observation).
 - Attention scale folded into the query weights; embedding by per-dimension table slices (no id
-  arithmetic); heads by a contiguous (C, N+1) slice per dimension; buffers allocated once per shape.
+  arithmetic); heads by a contiguous (C, N+1) slice per dimension; linear weights as contiguous (in, out)
+  copies (one ``addmm`` each); buffers allocated once per shape.
 
 Numerics equal the model's forward pass up to float rounding (tested through the planner: identical
 plans to a full-recompute reference). The decoder snapshots the weights at construction and mirrors
@@ -37,17 +42,66 @@ The graph capture itself is UNTESTED on the dev machine (no GPU).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 from ros_seqplanner.nets.tt import PrefixState, TrajectoryTransformer
 
+# Per-layer weights, in the order :func:`_blocks` reads them. w_* are contiguous (in, out) copies of the (out, in)
+# weights, so each linear layer is one ``addmm`` on a plain row-major operand.
+_LAYER_FIELDS = ("ln1_w", "ln1_b", "w_qkv", "b_qkv", "w_o", "b_o", "ln2_w", "ln2_b", "w_fc", "b_fc", "w_out", "b_out")
 
-class _Layer:
-    # w_* are contiguous (in, out) copies of the (out, in) weights, so each linear layer is one ``addmm``
-    # (MKL runs the contiguous (in, out) layout up to ~1.8x faster than a transposed view at these sizes).
-    __slots__ = ("b_fc", "b_o", "b_out", "b_qkv", "ln1", "ln2", "w_fc", "w_o", "w_out", "w_qkv")
+
+def _blocks(x: torch.Tensor, layers: list[list[torch.Tensor]], eps: float, kp: list[torch.Tensor],
+            vp: list[torch.Tensor], bufs: list[torch.Tensor], hk: list[torch.Tensor], hv: list[torch.Tensor],
+            w: int, e: int, write: bool, col: int, col_t: torch.Tensor | None, s_cols: int, n_h: int,
+            hist_len: int, mask: torch.Tensor | None, pmask: torch.Tensor | None) -> torch.Tensor:
+    """The transformer blocks for one token per row (pre-LN, as ``nets/tt.py``'s ``Block``). TorchScript-able
+    (scripted once at import when available: it removes most of the Python cost of the ~40 small ops per
+    layer). x (B=w*e, C). K/V of the token are written (when ``write``) into ``bufs`` (2, H, W, T, hd) at
+    columns ``col + e'*s_cols`` (dynamic) or ``col_t`` (static), then attend the shared prefix ``kp``/``vp``
+    (H, hd, Tp)/(H, Tp, hd) and the first ``n_h`` columns of the beam's buffer ``hk``/``hv`` (H*W, T, hd).
+    ``mask`` is added to the buffer scores from column ``hist_len`` on (dynamic: step-region visibility)
+    or to all of them together with ``pmask`` on the padded prefix (static)."""
+    b, c = x.shape
+    h = kp[0].shape[0]
+    hd = c // h
+    for li in range(len(layers)):
+        p = layers[li]
+        qkv = torch.addmm(p[3], F.layer_norm(x, [c], p[0], p[1], eps), p[2])
+        q = qkv[:, :c].view(b, h, hd).transpose(0, 1).contiguous()  # (H, B, hd), B = (W, E)
+        if write:  # candidate e' of beam w' -> column col + e'*S of row w'
+            kv = qkv[:, c:].view(w, e, 2, h, hd).permute(2, 3, 0, 1, 4)  # (2, H, W, E, hd)
+            if col_t is None:
+                bufs[li][:, :, :, col:col + (e - 1) * s_cols + 1:s_cols].copy_(kv)
+            else:
+                bufs[li].index_copy_(3, col_t, kv)
+        # attention: prefix (one matmul per head for all rows) + the beam's buffer (batched over head x beam,
+        # the e candidates of a beam as rows); one softmax over the concatenated scores
+        tp = kp[li].shape[-1]
+        s_p = torch.bmm(q, kp[li])
+        s_h = torch.bmm(q.view(h * w, e, hd), hk[li][:, :n_h].transpose(1, 2))
+        if pmask is not None and mask is not None:
+            s_p += pmask
+            s_h += mask
+        elif mask is not None:
+            s_h[:, :, hist_len:] += mask
+        att = torch.softmax(torch.cat([s_p.view(h, w, e, tp), s_h.view(h, w, e, n_h)], dim=-1), dim=-1)
+        y = torch.bmm(att[:, :, :, tp:].reshape(h * w, e, n_h), hv[li][:, :n_h]).view(h, b, hd)
+        y += torch.bmm(att[:, :, :, :tp].reshape(h, b, tp), vp[li])  # baddbmm_ here is ~2x slower (MKL)
+        x = x + torch.addmm(p[5], y.transpose(0, 1).reshape(b, c), p[4])
+        x = x + torch.addmm(p[11], F.gelu(torch.addmm(p[9], F.layer_norm(x, [c], p[6], p[7], eps), p[8])), p[10])
+    return x
+
+
+try:
+    with warnings.catch_warnings():  # deprecated upstream (still the cheapest way to drop Python overhead here)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _blocks_fast = torch.jit.script(_blocks)
+except Exception:  # TorchScript unavailable: the same function, eager
+    _blocks_fast = _blocks
 
 
 class BeamDecoder:
@@ -55,7 +109,8 @@ class BeamDecoder:
     the shapes are unchanged), then :meth:`step` for each token and :meth:`merge` after each selection."""
 
     def __init__(self, model: TrajectoryTransformer, dtype: torch.dtype | None = None, static: bool = False,
-                 cuda_graphs: bool | None = None) -> None:
+                 cuda_graphs: bool | None = None, jit: bool = True) -> None:
+        """``jit``: run the blocks through the TorchScript'ed :func:`_blocks` (default; eager if False)."""
         cfg = model.cfg
         p0 = model.head
         self.cfg = cfg
@@ -69,19 +124,22 @@ class BeamDecoder:
         def t(x: torch.Tensor) -> torch.Tensor:
             return x.detach().to(self.device, self.dtype).contiguous().clone()
 
-        self.layers: list[_Layer] = []
+        self.layers: list[list[torch.Tensor]] = []
+        eps = {blk.ln1.eps for blk in model.blocks} | {blk.ln2.eps for blk in model.blocks}
+        if len(eps) != 1:
+            raise ValueError("BeamDecoder expects one LayerNorm eps for all blocks")
+        self.eps = float(eps.pop())
         for blk in model.blocks:
-            lay = _Layer()
             w, b = t(blk.attn.qkv.weight), t(blk.attn.qkv.bias)
             w[: self.C] *= scale
             b[: self.C] *= scale
-            lay.w_qkv, lay.b_qkv = w.t().contiguous(), b
-            lay.w_o, lay.b_o = t(blk.attn.proj.weight).t().contiguous(), t(blk.attn.proj.bias)
-            lay.ln1 = (t(blk.ln1.weight), t(blk.ln1.bias), blk.ln1.eps)
-            lay.ln2 = (t(blk.ln2.weight), t(blk.ln2.bias), blk.ln2.eps)
-            lay.w_fc, lay.b_fc = t(blk.fc.weight).t().contiguous(), t(blk.fc.bias)
-            lay.w_out, lay.b_out = t(blk.fc_out.weight).t().contiguous(), t(blk.fc_out.bias)
-            self.layers.append(lay)
+            lay = {"ln1_w": t(blk.ln1.weight), "ln1_b": t(blk.ln1.bias), "w_qkv": w.t().contiguous(), "b_qkv": b,
+                   "w_o": t(blk.attn.proj.weight).t().contiguous(), "b_o": t(blk.attn.proj.bias),
+                   "ln2_w": t(blk.ln2.weight), "ln2_b": t(blk.ln2.bias),
+                   "w_fc": t(blk.fc.weight).t().contiguous(), "b_fc": t(blk.fc.bias),
+                   "w_out": t(blk.fc_out.weight).t().contiguous(), "b_out": t(blk.fc_out.bias)}
+            self.layers.append([lay[k] for k in _LAYER_FIELDS])
+        self.jit = jit
         self.ln_f = (t(model.ln_f.weight), t(model.ln_f.bias), model.ln_f.eps)
         tok = t(model.tok_emb.weight)
         self.tok = [tok[d * self.N:(d + 1) * self.N] for d in range(self.D)]  # per-dimension bin tables
@@ -128,27 +186,37 @@ class BeamDecoder:
         self.pmask[tp:] = float("-inf")
 
     def allocate(self, beams: int, expand: int, max_hist: int, max_step: int) -> None:
-        """History (2 ping-pong buffers) at ``beams`` rows, step block at ``beams*expand`` rows."""
+        """History buffers (2 ping-pong) of ``beams`` rows: ``max_hist`` history columns plus a step region of
+        ``expand * max_step`` columns (the candidates' action/reward tokens of the current planning step)."""
         shape = (beams, expand, max_hist, max_step)
         if shape == self._shape:
             return
         nl, h, hd = len(self.layers), self.H, self.hd
+        t = max_hist + expand * max_step
         kw = {"device": self.device, "dtype": self.dtype}
-        # (n_layer, 2 [k, v], rows, H, T, hd): one copy writes both k and v; [l, 0] is (rows, H, T, hd).
-        self.hist = [torch.zeros(nl, 2, beams, h, max_hist, hd, **kw) for _ in range(1 if self.static else 2)]
-        self.step_kv = torch.zeros(nl, 2, beams * expand, h, max_step, hd, **kw)
+        # Head-major buffers (n_layer, 2 [k, v], H, W, T, hd): the (H, B, hd) queries serve the prefix and the
+        # history matmuls without a copy in between; one copy writes both k and v. Keys stay (T, hd): the
+        # filled part of a (head, beam) block is then one contiguous run, which matters once the history
+        # outgrows the cache (walker: ~17% faster score matmuls than a padded transposed (hd, T) layout).
+        self.hist = [torch.zeros(nl, 2, h, beams, t, hd, **kw) for _ in range(1 if self.static else 2)]
         self.cur = 0
         self._shape = shape
+        # Step-region masks: query row e (candidate e of its beam) at step token j sees its own columns
+        # e*S .. e*S+j of the region and none of its siblings'.
+        rel = torch.arange(expand * max_step, device=self.device)
+        own = (rel // max_step)[None] == torch.arange(expand, device=self.device)[:, None]
+        self._step_masks = [torch.zeros(expand, rel.numel(), **kw).masked_fill_(~(own & (rel % max_step <= j)),
+                                                                             float("-inf"))
+                            for j in range(max_step)]
+        self._e_cols = torch.arange(expand, device=self.device) * max_step
         if self.static:
-            self._ar_h = torch.arange(max_hist, device=self.device)
-            self._ar_s = torch.arange(max_step, device=self.device)
+            self._ar_h = torch.arange(t, device=self.device)
             self._neg = torch.tensor(float("-inf"), device=self.device, dtype=self.dtype)
             self._zero = torch.zeros((), device=self.device, dtype=self.dtype)
-        # Per-layer views, made once (each saves several view ops per token): history K/V as
-        # (W*H, T, hd) for batched matmuls, K/V write targets, step-block K/V.
-        self._views = [[(hb[li], hb[li, 0].view(beams * h, max_hist, hd), hb[li, 1].view(beams * h, max_hist, hd))
-                        for li in range(nl)] for hb in self.hist]
-        self._step_views = [(self.step_kv[li], self.step_kv[li, 0], self.step_kv[li, 1]) for li in range(nl)]
+        # Per-layer views, made once (each saves view ops per token): the (2, H, W, T, hd) write targets and
+        # K, V as (H*W, T, hd) for batched matmuls; three lists per ping-pong buffer.
+        self._views = [([hb[li] for li in range(nl)], [hb[li, 0].view(h * beams, t, hd) for li in range(nl)],
+                        [hb[li, 1].view(h * beams, t, hd) for li in range(nl)]) for hb in self.hist]
         self._graphs = {}
         if self.cuda_graphs:
             self._capture_graphs(beams, expand)
@@ -159,12 +227,12 @@ class BeamDecoder:
              write: str | None) -> torch.Tensor:
         """Feed one token per row at trajectory position ``pos`` (its dimension is ``pos % D``).
 
-        ``bins`` (B,) are bin indices of that dimension; B = beams*expand when the step block is in use
-        (``step_len`` > 0 or ``write == 'step'``), rows ordered ``beam*expand + e``; otherwise B = beams
-        and ``expand`` must be 1. The token attends to the prefix, ``hist_len`` history tokens of its
-        beam, ``step_len`` step-block tokens of its row, and itself if written. ``write``: 'hist' (at
-        column ``hist_len``), 'step' (at column ``step_len``) or None (value tokens). Returns the (B, N+1)
-        logits at ``pos`` (float32)."""
+        ``bins`` (B,) are bin indices of that dimension; B = beams*expand for the action/reward tokens of a
+        planning step (``write == 'step'``), rows ordered ``beam*expand + e``; otherwise B = beams and
+        ``expand`` must be 1. The token attends to the prefix, ``hist_len`` history tokens of its beam, the
+        ``step_len`` step tokens of its own candidate, and itself if written. ``write``: 'hist' (at column
+        ``hist_len``), 'step' (step token ``step_len`` of each candidate) or None (value tokens: query
+        only). Returns the (B, N+1) logits at ``pos`` (float32)."""
         if not self.static:
             return self._run(bins, expand, write, pos, hist_len, step_len, None)
         meta = self._meta(pos, hist_len, step_len)
@@ -174,44 +242,40 @@ class BeamDecoder:
 
     def _run(self, bins: torch.Tensor, expand: int, write: str | None, pos: int, hist_len: int, step_len: int,
              meta: torch.Tensor | None) -> torch.Tensor:
-        """One decoder step. Dynamic (``meta`` None): Python-int positions, buffers sliced to the filled
-        length. Static: ``meta`` = device (3,) [pos, hist_len, step_len]; whole buffers + masks."""
-        hist = self.hist[self.cur]
+        """One decoder step. Dynamic (``meta`` None): Python-int positions, buffers sliced to the attended
+        columns. Static: ``meta`` = device (3,) [pos, hist_len, step_len]; whole buffers + masks."""
         views = self._views[self.cur]
         b = bins.shape[0]
         w = b // expand
-        C, H, hd = self.C, self.H, self.hd
+        s_cols = self._shape[3]
         if meta is None:
             d = pos % self.D
             x = F.embedding(bins, self.tok[d]) + self.pos[pos]
-            n_h = hist_len + (write == "hist")
-            n_s = step_len + (write == "step")
-            masks = None
+            col = hist_len + step_len  # write column of candidate 0 (candidate e: col + e*S)
+            if write == "step":  # history + the step region up to this candidate's own new column
+                n_h = col + (expand - 1) * s_cols + 1
+                mask = self._step_masks[step_len][:, :n_h - hist_len]
+            else:
+                n_h, mask = hist_len + (write == "hist"), None
+            pmask = None
         else:
             pos_t, hl_t, sl_t = meta[0:1], meta[1:2], meta[2:3]
             d_t = pos_t % self.D
             x = self.tok_all.index_select(0, bins + d_t * self.N) + self.pos.index_select(0, pos_t)
-            n_h = hist.shape[-2]
-            n_s = self.step_kv.shape[-2] if write == "step" else 0
-            neg, zero = self._neg, self._zero
-            hmask = torch.where(self._ar_h < hl_t + int(write == "hist"), zero, neg)
-            smask = torch.where(self._ar_s < sl_t + 1, zero, neg) if n_s else None
-            masks = (self.pmask, hmask, smask)
-        for li, lay in enumerate(self.layers):
-            qkv = torch.addmm(lay.b_qkv, F.layer_norm(x, (C,), *lay.ln1), lay.w_qkv)
-            q = qkv[:, :C].view(b, H, hd)
-            if write is not None:
-                kv = qkv[:, C:].view(b, 2, H, hd).transpose(0, 1)  # (2, B, H, hd)
-                buf, col = (views[li][0], hist_len) if write == "hist" else (self._step_views[li][0], step_len)
-                if meta is None:
-                    buf[:, :, :, col].copy_(kv)
-                else:
-                    buf.index_copy_(3, hl_t if write == "hist" else sl_t, kv.unsqueeze(3))
-            y = self._attend(q, li, views[li], n_h, n_s, w, expand, masks)
-            x = x + torch.addmm(lay.b_o, y, lay.w_o)
-            h = F.gelu(torch.addmm(lay.b_fc, F.layer_norm(x, (C,), *lay.ln2), lay.w_fc))
-            x = x + torch.addmm(lay.b_out, h, lay.w_out)
-        x = F.layer_norm(x, (C,), *self.ln_f)
+            n_h = self.hist[0].shape[-2]
+            col = hl_t + sl_t + self._e_cols[:expand]
+            rel = self._ar_h - hl_t
+            if write == "step":
+                own = (rel[None] >= self._e_cols[:, None]) & (rel[None] <= self._e_cols[:, None] + sl_t)
+                valid = (rel < 0)[None] | own
+            else:
+                valid = rel < int(write == "hist")
+            mask, pmask = torch.where(valid, self._zero, self._neg), self.pmask
+        blocks = _blocks_fast if self.jit else _blocks
+        col_i, col_t = (col, None) if meta is None else (0, col)
+        x = blocks(x, self.layers, self.eps, self.kp, self.vp, views[0], views[1], views[2], w, expand,
+                   write is not None, col_i, col_t, s_cols, n_h, hist_len, mask, pmask)
+        x = F.layer_norm(x, (self.C,), *self.ln_f)
         head = self.head[d] if meta is None else self.head_all.index_select(0, d_t)[0]
         return torch.mm(x, head).float()
 
@@ -227,7 +291,7 @@ class BeamDecoder:
     # ------------------------------------------------------------------------------------------ CUDA graphs
     # UNTESTED ON THE DEV MACHINE (no GPU there): the static path they replay is tested on CPU.
     def _capture_graphs(self, beams: int, expand: int) -> None:
-        """Capture one graph per kind of token: action/reward (W*E rows, writes the step block), value
+        """Capture one graph per kind of token: action/reward (W*E rows, writes the step region), value
         (W rows, query only), observation (W rows, writes the history)."""
         if self.pmask is None:  # finite dummy prefix so warm-up runs produce no NaN in the caches
             kw = {"device": self.device, "dtype": self.dtype}
@@ -257,53 +321,24 @@ class BeamDecoder:
         graph.replay()
         return out.clone()
 
-    def _attend(self, q: torch.Tensor, li: int, views: tuple, n_h: int, n_s: int, w: int,
-                e: int, masks: tuple | None = None) -> torch.Tensor:
-        """q (B=w*e, H, hd) (pre-scaled) -> attention output (B, C) over prefix + history + step block.
-
-        Scores are laid out (w, H, e, T): the history part is a batched matmul over (w, H) with the e
-        candidates of a beam as rows (history read once per beam). The step block is tiny (<= A+1 keys),
-        so it uses broadcast multiply-sum, much cheaper than B*H one-row matmuls on CPU."""
-        b, H, hd = q.shape
-        kp, vp = self.kp[li], self.vp[li]  # (H, hd, Tp), (H, Tp, hd)
-        tp = kp.shape[-1]
-        _, hk, hv = views  # (W*H, T, hd)
-        parts = [torch.bmm(q.transpose(0, 1), kp).view(H, w, e, tp).permute(1, 0, 2, 3)]  # (w, H, e, Tp)
-        if n_h:
-            qh = q.view(w, e, H, hd).transpose(1, 2).reshape(w * H, e, hd)
-            parts.append(torch.bmm(qh, hk[:, :n_h].transpose(1, 2)).view(w, H, e, n_h))
-        if n_s:
-            _, sk, sv = self._step_views[li]  # (B, H, S, hd)
-            s_s = (q.unsqueeze(2) * sk[:, :, :n_s]).sum(-1)  # (B, H, n_s)
-            parts.append(s_s.view(w, e, H, n_s).transpose(1, 2))
-        if masks is not None:  # static shapes: additive -inf beyond the filled lengths
-            parts = [p + m for p, m in zip(parts, masks)]
-        att = torch.softmax(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0], dim=-1)  # (w, H, e, T)
-        y = torch.bmm(att[..., :tp].permute(1, 0, 2, 3).reshape(H, b, tp), vp)  # (H, B, hd)
-        y = y.view(H, w, e, hd).permute(1, 0, 2, 3)  # (w, H, e, hd)
-        if n_h:
-            t = att.shape[-1]
-            y = y + torch.bmm(att.view(w * H, e, t)[:, :, tp:tp + n_h], hv[:, :n_h]).view(w, H, e, hd)
-        if n_s:
-            vs = sv[:, :, :n_s].view(w, e, H, n_s, hd).transpose(1, 2)  # (w, H, e, n_s, hd)
-            y = y + (att[..., tp + n_h:].unsqueeze(-1) * vs).sum(-2)
-        return y.transpose(1, 2).reshape(b, self.C)
-
     @torch.inference_mode()
     def merge(self, parent: torch.Tensor, winners: torch.Tensor, hist_len: int, step_len: int) -> None:
-        """After selection: new history row i = old history row ``parent[i]`` followed by the step-block row
-        ``winners[i]`` (``step_len`` tokens). Writes into the other ping-pong buffer; no allocation
-        for the (large) history part."""
-        if self.static:  # one buffer (graph input): gather into a temporary, copy back
-            hist = self.hist[0]
-            if hist_len:
-                hist[..., :hist_len, :] = hist[..., :hist_len, :].index_select(2, parent)
-            if step_len:
-                hist[..., hist_len:hist_len + step_len, :] = self.step_kv[..., :step_len, :].index_select(2, winners)
-            return
-        src, dst = self.hist[self.cur], self.hist[1 - self.cur]
-        if hist_len:
-            torch.index_select(src[..., :hist_len, :], 2, parent, out=dst[..., :hist_len, :])
-        if step_len:
-            dst[..., hist_len:hist_len + step_len, :] = self.step_kv[..., :step_len, :].index_select(2, winners)
-        self.cur = 1 - self.cur
+        """After selection: new history row i = old row ``parent[i]`` (first ``hist_len`` columns) followed by
+        the ``step_len`` step tokens of candidate ``winners[i]`` (= parent*E + e; row ``parent``, columns
+        ``hist_len + e*S ..``). Dynamic: written into the other ping-pong buffer (no allocation for the
+        large history part); static: one buffer, gathered into temporaries and copied back."""
+        _, e, _, s_cols = self._shape
+        src = self.cur
+        dst = 0 if self.static else 1 - self.cur
+        sb, db = self.hist[src], self.hist[dst]  # (n_layer, 2, H, W, T, hd)
+        nl, _, h, w, _, hd = sb.shape
+        end = hist_len + step_len
+        # step region -> (n_layer, 2, H, W*E, S, hd), one row per candidate; then the winners' rows
+        step = sb[..., hist_len:hist_len + e * s_cols, :].reshape(nl, 2, h, w * e, s_cols, hd)
+        step = step[..., :step_len, :].index_select(3, winners)
+        if hist_len and self.static:
+            db[..., :hist_len, :] = sb[..., :hist_len, :].index_select(3, parent)
+        elif hist_len:
+            torch.index_select(sb[..., :hist_len, :], 3, parent, out=db[..., :hist_len, :])
+        db[..., hist_len:end, :] = step
+        self.cur = dst
