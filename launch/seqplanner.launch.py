@@ -1,7 +1,7 @@
 """Launch the MuJoCo sim bridge and the sequence-model planner (a lifecycle node, configured and
 activated automatically).
 
-    ros2 launch ros_seqplanner seqplanner.launch.py checkpoint:=/path/to/models/tt_halfcheetah \\
+    ros2 launch ros_seqplanner seqplanner.launch.py checkpoint:=/path/to/models/tt_halfcheetah_medium \\
         planner:=tt env:=halfcheetah mode:=lockstep device:=cpu
 
 Arguments: env, checkpoint, planner, device, mode (bridge: lockstep | realtime), params_file (planner
@@ -21,6 +21,7 @@ import os
 import random
 
 import lifecycle_msgs.msg
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.events import matches_action
@@ -29,8 +30,6 @@ from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 PACKAGE = "ros_seqplanner"
 
@@ -43,11 +42,13 @@ def _transition(node: LifecycleNode, transition_id: int, **kwargs) -> EmitEvent:
 def generate_launch_description() -> LaunchDescription:
     default_domain = os.environ.get("ROS_DOMAIN_ID") or str(random.SystemRandom().randint(1, 101))
     default_params = PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "seqplanner.yaml"])
+    default_checkpoint = PathJoinSubstitution([FindPackageShare(PACKAGE), "models", "tt_halfcheetah_medium"])
     args = [
         DeclareLaunchArgument("env", default_value="halfcheetah",
                               description="gymnasium v5 env: halfcheetah | hopper | walker2d"),
-        DeclareLaunchArgument("checkpoint", default_value="",
-                              description="planner checkpoint (name, name.json or name.safetensors)"),
+        DeclareLaunchArgument("checkpoint", default_value=default_checkpoint,
+                              description="planner checkpoint (name, name.json or name.safetensors); "
+                                          "default: the shipped HalfCheetah TT"),
         DeclareLaunchArgument("planner", default_value="tt", description="checkpoint kind: tt | dt | bc | auto"),
         DeclareLaunchArgument("device", default_value="cpu", description="torch device: cpu | cuda | cuda:N"),
         DeclareLaunchArgument("mode", default_value="lockstep", description="sim bridge mode: lockstep | realtime"),
