@@ -80,3 +80,12 @@ def test_package_layout_for_ament_python():
         assert f">{dep}<" in xml, dep
     cfg = (REPO / "setup.cfg").read_text()
     assert "install_scripts=$base/lib/ros_seqplanner" in cfg
+
+
+def test_data_folders_resolve_from_checkout_or_override(monkeypatch, tmp_path):
+    from ros_seqplanner import resources
+
+    assert resources.models_dir() == REPO / "models"
+    assert (resources.sim_dir() / "halfcheetah.yaml").is_file()
+    monkeypatch.setenv("SEQPLANNER_MODELS_DIR", str(tmp_path))
+    assert resources.models_dir() == tmp_path

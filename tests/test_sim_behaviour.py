@@ -83,6 +83,8 @@ def test_behaviour_policy_errors(tiny_run):
         pol.act(np.zeros(5), None)
     with pytest.raises(ValueError, match="noise must be one of"):
         BehaviourPolicy.from_checkpoint(run / "actor_last", noise="loud")
+    with pytest.raises(ValueError, match="unknown behaviour-policy options"):
+        load_policy(run / "actor_last", preset="fast")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_policy(run / "nothing")
 
@@ -97,3 +99,13 @@ def test_export_models_copies_medium(tiny_run, tmp_path):
     assert pol.meta["tag"] == "medium"
     out = export_models(run, tmp_path / "models", expert_min_gain=0.0)
     assert load_policy(out["expert"]).meta["tag"] == "best"
+
+
+def test_stop_at_medium_keeps_the_full_replay(tmp_path, monkeypatch):
+    monkeypatch.setitem(behaviour.MEDIUM_BANDS, "Hopper-v5", (-1e9, 1e9))
+    sac = SACConfig(buffer_size=500, learning_starts=400, batch_size=32, net_arch=(8,))
+    cfg = RunConfig(env_id="hopper", seed=2, total_steps=400, eval_freq=50, eval_episodes=1, checkpoint_freq=400,
+                    stop_at_medium=True)
+    state = train_behaviour(tmp_path / "run", cfg, sac)
+    assert state["medium_step"] == 50 and state["final_step"] == 51  # stopped right after the dump
+    assert load_d4rl_hdf5(tmp_path / "run" / "medium_replay.hdf5").num_transitions == 50

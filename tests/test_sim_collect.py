@@ -87,5 +87,5 @@ def test_cli_collect_writes_both_formats(tmp_path, capsys):
     a, b = load_dataset(out), load_dataset(report["datasets"][1])
     for k, v in arrays(a).items():
         np.testing.assert_array_equal(v, arrays(b)[k])
-    with pytest.raises(SystemExit, match="--out FILE.hdf5 is required"):
+    with pytest.raises(SystemExit, match=r"--out FILE\.hdf5 is required"):
         main(["collect", "--kind", "random", "--format", "hdf5"])

@@ -21,15 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MODELS = {"halfcheetah": "models/tt_halfcheetah", "hopper": "models/tt_hopper",
-                  "walker2d": "models/tt_walker2d"}
+# Shipped default checkpoints, relative to the models folder (ros_seqplanner.resources.models_dir()).
+DEFAULT_MODELS = {"halfcheetah": "tt_halfcheetah_medium", "hopper": "tt_hopper_medium",
+                  "walker2d": "tt_walker2d_medium"}
 PERIODS = {"halfcheetah": 0.05, "hopper": 0.008, "walker2d": 0.008}  # gymnasium v5 env dt
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", default="halfcheetah", choices=sorted(DEFAULT_MODELS), help="gymnasium v5 env")
     p.add_argument("--checkpoint", default=None,
-                   help="checkpoint (default: the shipped models/tt_<env>, else any checkpoint for the env in models/)")
+                   help="checkpoint (default: the shipped models/tt_<env>_medium, else any one for the env in models/)")
     p.add_argument("--planner", default="auto", choices=("tt", "dt", "bc", "auto"), help="expected checkpoint kind")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N)")
     p.add_argument("--steps", type=int, default=1000, help="episode length (HalfCheetah: 1000)")
@@ -49,7 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def repo_models_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "models"
+    from ros_seqplanner.resources import models_dir
+
+    return models_dir()
 
 
 def resolve_checkpoint(env: str, checkpoint: str | None) -> tuple[str | None, str]:
@@ -59,7 +62,7 @@ def resolve_checkpoint(env: str, checkpoint: str | None) -> tuple[str | None, st
 
     if checkpoint:
         return checkpoint, ""
-    default = Path(__file__).resolve().parents[2] / DEFAULT_MODELS[env]
+    default = repo_models_dir() / DEFAULT_MODELS[env]
     if checkpoint_paths(default)[1].is_file():
         return str(default), ""
     for js in sorted(repo_models_dir().glob("*.json")):
@@ -69,10 +72,10 @@ def resolve_checkpoint(env: str, checkpoint: str | None) -> tuple[str | None, st
             continue
         ident = f"{meta.get('env_id', '')} {meta.get('dataset_id', '')}".lower()
         if meta.get("kind") in ("tt", "dt", "bc") and env in ident:
-            return str(js.with_suffix("")), (f"default checkpoint {DEFAULT_MODELS[env]} not found; "
+            return str(js.with_suffix("")), (f"default checkpoint models/{DEFAULT_MODELS[env]} not found; "
                                              f"using {js.with_suffix('').name} ({meta['kind']})")
-    return None, (f"no checkpoint: the default {DEFAULT_MODELS[env]} does not exist and models/ has none for "
-                  f"{env}. Train one (seqplanner train tt --dataset ... --out {DEFAULT_MODELS[env]}) "
+    return None, (f"no checkpoint: the default models/{DEFAULT_MODELS[env]} does not exist and models/ has none for "
+                  f"{env}. Train one (seqplanner train tt --dataset ... --out models/{DEFAULT_MODELS[env]}) "
                   "or pass --checkpoint PATH.")
 
 

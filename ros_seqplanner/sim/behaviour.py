@@ -171,7 +171,9 @@ def _make_callback(run_dir: Path, cfg: RunConfig, state: dict[str, Any]) -> Any:
             if cfg.time_limit_s and time.time() - self.t0 > cfg.time_limit_s:
                 print(f"time limit {cfg.time_limit_s}s reached at step {n}", flush=True)
                 return False
-            return not (cfg.stop_at_medium and state.get("medium_step") is not None)
+            # with stop_at_medium, stop one step after the medium checkpoint, once the replay is dumped
+            stop = cfg.stop_at_medium and state.get("medium_step") is not None and self.pending_replay is None
+            return not stop
 
         def _evaluate(self, n: int) -> None:
             te = time.time()
@@ -219,6 +221,13 @@ def _make_callback(run_dir: Path, cfg: RunConfig, state: dict[str, Any]) -> Any:
     return BehaviourCallback()
 
 
+def _truncate_eval_log(path: Path, step: int) -> None:
+    """On resume, drop evaluations after the resume step (they are redone by the resumed run)."""
+    if path.exists():
+        lines = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x)["step"] <= step]
+        path.write_text("".join(x + "\n" for x in lines))
+
+
 def train_behaviour(run_dir: str | Path, cfg: RunConfig, sac: SACConfig | None = None, resume: bool = True) -> dict:
     """Train (or resume) a SAC behaviour policy in ``run_dir``. Returns the final run state."""
     import torch
@@ -237,6 +246,7 @@ def train_behaviour(run_dir: str | Path, cfg: RunConfig, sac: SACConfig | None =
     if resume and zip_path.exists():
         model = SAC.load(zip_path, env=env, device="cpu")
         model.load_replay_buffer(run_dir / "resume" / "replay_buffer.pkl")
+        _truncate_eval_log(run_dir / "evals.jsonl", model.num_timesteps)
         # evals after the last resume point are re-done; keep the wall-clock of the earlier process
         state["wall_offset_s"] = state.get("last_wall_s", 0.0)
         print(f"resumed at step {model.num_timesteps}", flush=True)

@@ -99,9 +99,13 @@ def collect_episodes(env_id: str, policy: Any, num_steps: int, num_envs: int = 8
     return episodes
 
 
-def behaviour_checkpoint(env: str, level: str, models_dir: str | Path = "models/behaviour") -> Path:
-    """Default checkpoint path for a level ('medium' / 'expert'): models/behaviour/<env>-<level>."""
-    return Path(models_dir) / f"{env_name(env)}-{level}"
+def behaviour_checkpoint(env: str, level: str, models_dir: str | Path | None = None) -> Path:
+    """Default checkpoint path for a level ('medium' / 'expert'): <models>/behaviour/<env>-<level>,
+    with <models> the shipped models folder (ros_seqplanner.resources.models_dir) unless given."""
+    from ros_seqplanner.resources import models_dir as shipped_models
+
+    base = Path(models_dir) if models_dir is not None else shipped_models() / "behaviour"
+    return base / f"{env_name(env)}-{level}"
 
 
 def collect_dataset(env: str, kind: str, num_steps: int, num_envs: int = 8, seed: int = 0,

@@ -56,8 +56,10 @@ class Scenario:
 
 
 def scenario_dir() -> Path:
-    """The repository's top-level ``sim/`` folder (next to the package)."""
-    return Path(__file__).resolve().parents[2] / "sim"
+    """The top-level ``sim/`` folder (source checkout, or the installed share/ros_seqplanner/sim)."""
+    from ros_seqplanner.resources import sim_dir
+
+    return sim_dir()
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
