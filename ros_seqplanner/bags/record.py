@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
@@ -98,8 +99,11 @@ class TopicRecorder:
             offers = [i.qos_profile for i in infos]
             cls = message_class(msgtype)
             self.writer.add_topic(topic, msgtype, offered_qos=[qos_to_rosbags(q) for q in offers] or None)
+            # No QoS event handlers: the recorder's subscriptions are destroyed while another thread may
+            # still be spinning, and a destroyed event handler in a wait set raises InvalidHandle there.
             self.subscriptions[topic] = self.node.create_subscription(
-                cls, topic, self._callback(topic), request_qos(offers), raw=True)
+                cls, topic, self._callback(topic), request_qos(offers), raw=True,
+                event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
 
     def _callback(self, topic: str):
         def on_message(data: bytes, info: dict) -> None:
@@ -135,10 +139,15 @@ class TopicRecorder:
             self.discover()
         return self.missing()
 
-    def close(self) -> None:
-        """Stop recording (the writer is closed by its owner)."""
+    def stop(self) -> None:
+        """Stop writing: messages arriving from now on are dropped (safe while another thread spins)."""
         with self._lock:
             self._closed = True
+
+    def close(self) -> None:
+        """Stop recording and destroy the subscriptions (the writer is closed by its owner). Call it
+        after the executor has stopped spinning, or after :meth:`stop` when it cannot be stopped."""
+        self.stop()
         self.node.destroy_timer(self._timer)
         for sub in self.subscriptions.values():
             self.node.destroy_subscription(sub)
