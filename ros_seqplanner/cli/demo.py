@@ -173,8 +173,12 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"planner configured in {time.perf_counter() - t0:.1f} s; activating")
         planner.trigger_activate()
-        t_start = time.perf_counter()
+        t_start = t_report = time.perf_counter()
         while not done.wait(timeout=1.0):
+            if time.perf_counter() - t_report >= 15.0:  # a long CPU episode should not look hung
+                t_report = time.perf_counter()
+                print(f"  ... {len(planner.plan_latency.samples)}/{args.steps} plans, plan p50 "
+                      f"{planner.plan_latency.percentile(50):.0f} ms, {t_report - t_start:.0f} s", flush=True)
             if bridge.poll() is not None:
                 print(f"sim bridge exited early (code {bridge.returncode}); log:\n"
                       + (workdir / "sim_bridge.log").read_text()[-3000:], file=sys.stderr)
