@@ -115,10 +115,11 @@ def test_window_longer_than_context_is_rejected():
         model(s, a, r, ts)
 
 
-@pytest.mark.parametrize(("n_layer", "n_head"), [(1, 1), (3, 1), (2, 4)])
-def test_stepper_matches_full_forward_on_explicit_windows(n_layer, n_head):
+@pytest.mark.parametrize("jit", [True, False], ids=["scripted", "eager"])
+@pytest.mark.parametrize(("n_layer", "n_head"), [(1, 1), (3, 1), (2, 4), (1, 4)])
+def test_stepper_matches_full_forward_on_explicit_windows(n_layer, n_head, jit):
     model = make_model(n_layer=n_layer, n_head=n_head, context=5, max_ep_len=12)
-    stepper = DTStepper(model)
+    stepper = DTStepper(model, jit=jit)
     g = torch.Generator().manual_seed(3)
     states, actions, rtgs = [], [], []
     for t in range(30):  # passes the context (5) and max_ep_len (12): window slides, timesteps clamp

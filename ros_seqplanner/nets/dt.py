@@ -17,17 +17,19 @@ and no positional term, a token's embedding and its layer-0 query/key/value neve
 stays in the window, so those are cached exactly. A K/V cache for deeper layers would not be exact:
 once the window is full it loses its oldest step every time it slides, which changes the attention
 (hence the hidden states) of every token left in it, so layers >= 1 are recomputed over the K-step
-window each step (K = 20 steps = 59 tokens). The last layer only needs the s_t query; its key/value
-projections are folded algebraically (see :meth:`DTStepper._fold_last_attention`). Work buffers are
-pre-allocated; matrix products write into them (``out=``) and residual adds are in place.
+window each step (K = 20 steps = 59 tokens). The last layer only needs the s_t query. Every layer's key and
+output projections are folded algebraically into its query and value sides (see
+:meth:`DTStepper._fold_attention`), which halves the window projections of the middle layers (one head)
+and removes them from the last one. Work buffers are pre-allocated; matrix products write into them
+(``out=``), residual adds are in place, and the step runs as one TorchScript function (:func:`_step`).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -183,6 +185,99 @@ class DecisionTransformer(nn.Module):
         return (causal & (keys[:, None, :] | eye))[:, None]
 
 
+def _step(packed: torch.Tensor, table_row: torch.Tensor, w_in: torch.Tensor, ring_x: torch.Tensor,
+          ring_qkv: torch.Tensor, widx: torch.Tensor, ridx: torch.Tensor, x: torch.Tensor, qkv: torch.Tensor,
+          hid: torch.Tensor, bufs: list[torch.Tensor], layers: list[list[torch.Tensor]], eps: list[float],
+          head: list[torch.Tensor], n_head: int) -> torch.Tensor:
+    """One :class:`DTStepper` step over a window of ``n`` tokens (``x``, ``qkv``, ``hid``: the leading n rows of
+    the work buffers). TorchScript-able, and scripted once at import when available (as ``planning/engine.py``
+    does): it removes most of the Python cost of the ~50 small ops per step. Every matrix product writes into a
+    buffer (``bufs``: embedding (1, 3C), new ring rows (3, (2H+1)C), middle-layer [q' | V'] (3K-1, 2HC), last
+    query (1, HC), action pre-activation (1, A)): TorchScript splits an out-of-place addmm into mm + add.
+    Attention is in folded form (see :meth:`DTStepper._fold_attention`): per head, query q'_h = h M_qk,h +
+    b_qk,h (C wide) against keys h itself and values V'_h = h M_vo,h, summed over heads, plus b_vo.
+    ``layers[i]`` = [ln_1 w, b, W, b_W, M_vo (HC, C), b_vo, ln_2 w, b, W_fc^T, b_fc, W_proj^T, b_proj] with
+    W = [M_qk | I | M_vo per head] for layer 0 (the ring rows), [M_qk | M_vo per head] for the middle layers
+    and M_qk for the last one; ``eps`` = [embed_ln, (ln_1, ln_2) per layer, ln_f]; ``head`` = [embed_ln w, b,
+    ln_f w, b, W_action^T, b_action, act_half, act_mid]."""
+    n, c = x.shape
+    hc = n_head * c
+    last = len(layers) - 1
+    # Embed the three new tokens, LayerNorm, layer-0 [q', h, V']; write them (and only them) into the rings.
+    new = F.layer_norm(torch.addmm(table_row, packed, w_in, out=bufs[0]).view(3, c), [c], head[0], head[1], eps[0])
+    p = layers[0]
+    ring_x.index_copy_(0, widx, new)
+    ring_qkv.index_copy_(0, widx, torch.addmm(p[3], F.layer_norm(new, [c], p[0], p[1], eps[1]), p[2], out=bufs[1]))
+    torch.index_select(ring_x, 0, ridx, out=x)  # the window, in time order
+    torch.index_select(ring_qkv, 0, ridx, out=qkv)
+    for i in range(len(layers)):
+        p = layers[i]
+        if i == 0:
+            q, k, v = qkv[:, :hc], qkv[:, hc:hc + c], qkv[:, hc + c:]
+        else:
+            h = F.layer_norm(x, [c], p[0], p[1], eps[2 * i + 1])
+            if i < last:
+                qv = torch.addmm(p[3], h, p[2], out=bufs[2][:n])
+                q, k, v = qv[:, :hc], h, qv[:, hc:]
+            else:  # last layer: one query (s_t) against the window
+                scores = h @ torch.addmm(p[3], h[n - 1:], p[2], out=bufs[3]).view(n_head, c).t()  # (n, H)
+                mix = torch.softmax(scores, dim=0).t() @ h  # (H, C): attention-weighted LN inputs
+                x = x[n - 1:]
+                x.addmm_(mix.view(1, -1), p[4]).add_(p[5])
+                k = v = q = h  # not used below (TorchScript wants them defined on every path)
+        if i < last or i == 0:
+            # 4-D inputs: the CPU kernel is ~2x faster than with 3-D ones at this size.
+            q4 = q.view(n, n_head, c).transpose(0, 1).unsqueeze(0)
+            v4 = v.view(n, n_head, c).transpose(0, 1).unsqueeze(0)
+            k4 = k.view(1, 1, n, c).expand(1, n_head, n, c)
+            if i == last:  # a one-layer model
+                q4, x, hid = q4[:, :, n - 1:], x[n - 1:], hid[:1]
+            y = F.scaled_dot_product_attention(q4, k4, v4, is_causal=i != last, scale=1.0)  # (1, H, n, C)
+            x.add_(y[0, 0] if n_head == 1 else y[0].sum(0)).add_(p[5])
+        else:
+            hid = hid[:1]
+        torch.addmm(p[9], F.layer_norm(x, [c], p[6], p[7], eps[2 * i + 2]), p[8], out=hid).relu_()
+        x.addmm_(hid, p[10]).add_(p[11])
+    z = torch.addmm(head[5], F.layer_norm(x, [c], head[2], head[3], eps[-1]), head[4], out=bufs[4])
+    return torch.tanh(z).mul_(head[6]).add_(head[7])[0]
+
+
+class _StepKernel(nn.Module):
+    """Holds a :class:`DTStepper`'s buffers, per-phase ring indices and weight lists as attributes, so that a
+    (scripted) call passes two arguments instead of ~60 tensors (TorchScript converts every argument on each
+    call, ~25 us for the flat :func:`_step` signature)."""
+
+    def __init__(self, w_in: torch.Tensor, table: torch.Tensor, ring_x: torch.Tensor, ring_qkv: torch.Tensor,
+                 x: torch.Tensor, qkv: torch.Tensor, hid: torch.Tensor, bufs: list[torch.Tensor],
+                 widx: list[torch.Tensor], ridx: list[torch.Tensor], layers: list[list[torch.Tensor]],
+                 eps: list[float], head: list[torch.Tensor], n_head: int, context: int) -> None:
+        super().__init__()
+        self.w_in, self.table, self.ring_x, self.ring_qkv = w_in, table, ring_x, ring_qkv
+        self.x, self.qkv, self.hid, self.bufs = x, qkv, hid, bufs
+        self.widx, self.ridx, self.layers, self.eps, self.head = widx, ridx, layers, eps, head
+        self.n_head, self.context, self.max_t = n_head, context, table.shape[0] - 1
+
+    def forward(self, packed: torch.Tensor, t: int) -> torch.Tensor:
+        k = self.context
+        phase = t if t < k else k + t % k
+        ridx = self.ridx[phase]
+        n = ridx.shape[0]
+        return _step(packed, self.table[min(t, self.max_t)], self.w_in, self.ring_x, self.ring_qkv, self.widx[phase],
+                     ridx, self.x[:n], self.qkv[:n], self.hid[:n], self.bufs, self.layers, self.eps, self.head,
+                     self.n_head)
+
+
+def _script(kernel: _StepKernel) -> nn.Module:
+    """TorchScript ``kernel`` (the pattern of ``planning/engine.py``: it removes most of the Python cost of the
+    ~50 small ops per step); the eager module if TorchScript is unavailable."""
+    try:
+        with warnings.catch_warnings():  # deprecated upstream (still the cheapest way to drop Python overhead here)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.script(kernel)
+    except Exception:  # TorchScript unavailable: the same module, eager
+        return kernel
+
+
 class DTStepper:
     """Step-by-step inference over a fixed K-step ring buffer; O(K) work and memory per step.
 
@@ -191,7 +286,8 @@ class DTStepper:
     and returns the action (A,). All buffers are allocated once in ``__init__``.
     """
 
-    def __init__(self, model: DecisionTransformer) -> None:
+    def __init__(self, model: DecisionTransformer, jit: bool = True) -> None:
+        """``jit``: run the step through TorchScript (default; eager if False or unavailable, see ``self.jit``)."""
         cfg = model.cfg
         self.cfg, self.model = cfg, model
         p = next(model.parameters())
@@ -212,35 +308,43 @@ class DTStepper:
             self._w = w
             self._table = (bias + torch.cat((prev, cur, cur), dim=1)).unsqueeze(1).contiguous()  # (n+1, 1, 3C)
         self._tokens = 3 * k  # ring period in tokens
-        # Rings of embedded tokens and their layer-0 q/k/v; one extra scratch row absorbs a_{-1} at t = 0.
+        # Rings of embedded tokens and their layer-0 [q', h, V']; one extra scratch row absorbs a_{-1} at t = 0.
         self._ring_x = torch.zeros(self._tokens + 1, c, device=dev, dtype=dt)
-        self._ring_qkv = torch.zeros(self._tokens + 1, 3 * c, device=dev, dtype=dt)
+        w0 = (2 * cfg.n_head + 1) * c  # layer-0 ring row: [q' (H*C), h (C), V' (H*C)], see _fold_attention
+        self._ring_qkv = torch.zeros(self._tokens + 1, w0, device=dev, dtype=dt)
         self._inp = torch.zeros(1, a + 1 + o, device=dev, dtype=dt)
         # Work buffers for the longest window (3K - 1 tokens); shorter windows use leading rows.
         n = 3 * k - 1
         self._x = torch.zeros(n, c, device=dev, dtype=dt)
-        self._qkv = torch.zeros(n, 3 * c, device=dev, dtype=dt)
+        self._qkv = torch.zeros(n, w0, device=dev, dtype=dt)
         self._hid = torch.zeros(n, 4 * c, device=dev, dtype=dt)
+        hc = cfg.n_head * c
+        self._bufs = [torch.zeros(shape, device=dev, dtype=dt) for shape in
+                      ((1, 3 * c), (3, w0), (n, 2 * hc), (1, hc), (1, a))]
         self._h = cfg.n_head
-        self._plans = self._build_plans(dev)
-        # Plain tensor references (nn.Module attribute lookups cost ~1 us each at batch 1).
-        ln = lambda m: (m.weight, m.bias, m.eps)  # noqa: E731
-        self._emb_ln, self._ln_f = ln(model.embed_ln), ln(model.ln_f)
-        self._layers = [(ln(b.ln_1), b.attn.c_attn.weight.T, b.attn.c_attn.bias, b.attn.c_proj.weight.T,
-                         b.attn.c_proj.bias, ln(b.ln_2), b.mlp.c_fc.weight.T, b.mlp.c_fc.bias,
-                         b.mlp.c_proj.weight.T, b.mlp.c_proj.bias) for b in model.blocks]
-        self._head = (model.predict_action.weight.T, model.predict_action.bias, model.act_half, model.act_mid)
-        self._last = len(self._layers) - 1
-        self._last_attn = self._fold_last_attention(model.blocks[-1].attn)
+        # Plain tensor lists for :func:`_step` (nn.Module attribute lookups cost ~1 us each at batch 1).
+        self._layers = [self._layer_weights(i, blk) for i, blk in enumerate(model.blocks)]
+        self._eps = [model.embed_ln.eps, *(e for b in model.blocks for e in (b.ln_1.eps, b.ln_2.eps)),
+                     model.ln_f.eps]
+        self._head = [model.embed_ln.weight, model.embed_ln.bias, model.ln_f.weight, model.ln_f.bias,
+                      model.predict_action.weight.T, model.predict_action.bias, model.act_half, model.act_mid]
+        widx, ridx = self._ring_indices(dev)
+        kernel = _StepKernel(self._w, self._table, self._ring_x, self._ring_qkv, self._x, self._qkv, self._hid,
+                             self._bufs, widx, ridx, self._layers, self._eps, self._head, cfg.n_head, k)
+        self._kernel = _script(kernel) if jit else kernel
+        self.jit = self._kernel is not kernel
         self.t = 0
 
-    def _fold_last_attention(self, attn: SelfAttention) -> tuple[torch.Tensor, ...]:
-        """The last layer needs attention for one query only. With h_i = LN(x_i) and per head
-        q = Wq h_t + bq, k_i = Wk h_i + bk, v_i = Wv h_i + bv:  q.k_i = (Wk^T q).h_i + const (the
-        const cancels in the softmax) and sum_i p_i v_i = Wv (sum_i p_i h_i) + bv (sum_i p_i = 1).
-        So the K/V projections of the whole window (a (3K-1) x C x 2C matmul) are replaced by two
-        C-sized products per head, with Wk^T Wq / sqrt(hd) and Wo Wv folded in advance (exact up to
-        float rounding; checked against the full forward in the tests)."""
+    def _fold_attention(self, attn: SelfAttention) -> tuple[torch.Tensor, ...]:
+        """Attention with the key and output projections folded into the query and value sides. With h_i =
+        LN(x_i) and per head q = Wq h_t + bq, k_i = Wk h_i + bk, v_i = Wv h_i + bv:  q.k_i = (Wk^T q).h_i +
+        const(t) (the const cancels in the softmax) and Wo sum_i p_i v_i = sum_i p_i (Wo Wv h_i) + Wo bv
+        (sum_i p_i = 1). So per head the query becomes q'_h = M_qk,h h_t + b_qk,h (C wide, 1/sqrt(hd)
+        included), the keys are h itself and the values V'_h = M_vo,h h_i, and b_vo = Wo bv + bo is added
+        once. For one head (the official DT size) this halves the projection work of a full-window layer
+        (2 C^2 instead of 4 C^2 per token); the last layer, which needs one query only, no longer projects the
+        window at all. Folded in float64 (exact up to float rounding; checked against the full forward in
+        the tests). Returns M_qk (C, H*C), b_qk (H*C), M_vo (H*C, C), b_vo (C)."""
         c, nh = self.cfg.n_embd, self._h
         hd = c // nh
         with torch.no_grad():
@@ -256,23 +360,33 @@ class DTStepper:
         dt = attn.c_attn.weight.dtype
         return m_qk.to(dt), b_qk.to(dt), m_vo.to(dt), b_vo.to(dt)
 
-    def _build_plans(self, dev: torch.device) -> list[SimpleNamespace]:
-        """Per step phase (t if t < K else K + t % K): ring positions written/read and the views of the
-        work buffers for that window length, built once so that a step creates no index tensors."""
-        k, p, c, nh = self.cfg.context, self._tokens, self.cfg.n_embd, self._h
-        heads = lambda buf, parts: buf.view(-1, parts, nh, c // nh).permute(1, 2, 0, 3).unsqueeze(1)  # noqa: E731
-        plans = []
+    def _layer_weights(self, i: int, blk: Block) -> list[torch.Tensor]:
+        """Block ``i``'s tensors in the layout :func:`_step` expects (folded attention, transposed weights)."""
+        c, nh = self.cfg.n_embd, self._h
+        m_qk, b_qk, m_vo, b_vo = self._fold_attention(blk.attn)
+        m_vo_cat = m_vo.view(nh, c, c).permute(1, 0, 2).reshape(c, nh * c)  # h -> [V'_1 | ... | V'_H]
+        if i == self.cfg.n_layer - 1 and i > 0:
+            w, b = m_qk, b_qk
+        elif i == 0:  # ring rows [q', h, V'] (the identity block copies h exactly)
+            eye = torch.eye(c, device=m_qk.device, dtype=m_qk.dtype)
+            w = torch.cat((m_qk, eye, m_vo_cat), dim=1)
+            b = torch.cat((b_qk, torch.zeros(c + nh * c, device=b_qk.device, dtype=b_qk.dtype)))
+        else:
+            w = torch.cat((m_qk, m_vo_cat), dim=1)
+            b = torch.cat((b_qk, torch.zeros(nh * c, device=b_qk.device, dtype=b_qk.dtype)))
+        return [blk.ln_1.weight, blk.ln_1.bias, w.contiguous(), b, m_vo, b_vo, blk.ln_2.weight, blk.ln_2.bias,
+                blk.mlp.c_fc.weight.T, blk.mlp.c_fc.bias, blk.mlp.c_proj.weight.T, blk.mlp.c_proj.bias]
+
+    def _ring_indices(self, dev: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per step phase (t if t < K else K + t % K): ring rows written (3) and read (the window, in time
+        order), built once so that a step creates no index tensors."""
+        k, p = self.cfg.context, self._tokens
+        widx, ridx = [], []
         for t in range(2 * k):
             first = 3 * max(0, t - k + 1)
-            ridx = [f % p for f in range(first, 3 * t + 2)]
-            n = len(ridx)
-            qkv = self._qkv[:n]
-            plans.append(SimpleNamespace(
-                widx=torch.tensor([(3 * t - 1) % p if t > 0 else p, (3 * t) % p, (3 * t + 1) % p], device=dev),
-                ridx=torch.tensor(ridx, device=dev), x=self._x[:n], x_last=self._x[n - 1:n], qkv=qkv,
-                qkv_heads=tuple(heads(qkv, 3)), hid=self._hid[:n],
-                hid_last=self._hid[:1]))
-        return plans
+            widx.append(torch.tensor([(3 * t - 1) % p if t > 0 else p, (3 * t) % p, (3 * t + 1) % p], device=dev))
+            ridx.append(torch.tensor([f % p for f in range(first, 3 * t + 2)], device=dev))
+        return widx, ridx
 
     def reset(self) -> None:
         self.t = 0
@@ -290,42 +404,10 @@ class DTStepper:
     @torch.inference_mode()
     def step_packed(self, packed: torch.Tensor) -> torch.Tensor:
         """``packed`` (1, A + 1 + O) = [a_{t-1}, scaled R_t, normalised s_t] -> action (A,) for step t."""
-        t, k, c = self.t, self.cfg.context, self.cfg.n_embd
-        plan = self._plans[t if t < k else k + t % k]
-        # Embed the three new tokens, LayerNorm, layer-0 q/k/v; write them (and only them) into the rings.
-        new = F.layer_norm(torch.addmm(self._table[min(t, self.cfg.max_ep_len)], packed, self._w).view(3, c),
-                           (c,), *self._emb_ln)
-        ln1, wqkv, bqkv = self._layers[0][:3]
-        self._ring_x.index_copy_(0, plan.widx, new)
-        self._ring_qkv.index_copy_(0, plan.widx, torch.addmm(bqkv, F.layer_norm(new, (c,), *ln1), wqkv))
-        x = torch.index_select(self._ring_x, 0, plan.ridx, out=plan.x)  # the window, in time order
-        torch.index_select(self._ring_qkv, 0, plan.ridx, out=plan.qkv)
-        q, kk, v = plan.qkv_heads
-        hid = plan.hid
-        for i, (ln1, wqkv, bqkv, wo, bo, ln2, wfc, bfc, wp, bp) in enumerate(self._layers):
-            if i > 0:
-                h = F.layer_norm(x, (c,), *ln1)
-                if i < self._last:
-                    torch.addmm(bqkv, h, wqkv, out=plan.qkv)
-                else:  # last layer: one query (s_t) against the window, keys/values folded away
-                    m_qk, b_qk, m_vo, b_vo = self._last_attn
-                    scores = h @ torch.addmm(b_qk, h[-1:], m_qk).view(self._h, c).T  # (n, H)
-                    mix = torch.softmax(scores, dim=0).T @ h  # (H, C): attention-weighted LN inputs
-                    x = plan.x_last
-                    x.addmm_(mix.view(1, -1), m_vo).add_(b_vo)
-            if i < self._last or i == 0:
-                if i == self._last:  # a one-layer model (its q/k/v come from the ring)
-                    q, x, hid = q[:, :, -1:], plan.x_last, plan.hid_last
-                # 4-D inputs: the CPU kernel is ~2x faster than with 3-D ones at this size.
-                y = F.scaled_dot_product_attention(q, kk, v, is_causal=i != self._last)
-                x.addmm_(y.transpose(1, 2).reshape(-1, c), wo).add_(bo)
-            else:
-                hid = plan.hid_last
-            torch.addmm(bfc, F.layer_norm(x, (c,), *ln2), wfc, out=hid).relu_()
-            x.addmm_(hid, wp).add_(bp)
+        t = self.t
+        out = self._kernel.forward(packed, t)  # .forward skips nn.Module.__call__'s hook handling
         self.t = t + 1
-        wa, ba, half, mid = self._head
-        return torch.tanh(torch.addmm(ba, F.layer_norm(x, (c,), *self._ln_f), wa)).mul_(half).add_(mid)[0]
+        return out
 
 
 def num_params(model: nn.Module) -> int:
