@@ -1,0 +1,273 @@
+"""Build ``docs/RESULTS.md`` from the JSON files in ``models/results/``.
+
+Two kinds of result file are understood:
+
+- evaluation results written by ``seqplanner evaluate --out`` (one result, or ``{"results": [...]}`` for
+  several checkpoints): ``env_id``, ``checkpoint``, ``kind``, ``config`` and per-``episodes`` returns. Optional
+  top-level keys ``dataset`` (table the row goes into), ``checkpoint_choice`` ("last" / "best"; default
+  "last", which is what every trainer here writes) and ``note`` (free text shown under the table).
+- long-horizon prediction results (``"kind": "long_horizon"``, see :mod:`ros_seqplanner.sim.long_horizon`).
+
+Everything in the tables is recomputed from the per-episode entries (not copied from ``summary``), so a
+result file edited by hand cannot disagree with its own table row. Statistics: mean ± std over all episodes
+(all seeds pooled) and the std of the per-seed means.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ros_seqplanner.data.scores import SCORE_LABEL, normalized_score
+
+KIND_ORDER = ("tt", "dt", "bc", "behaviour")
+KIND_NAMES = {"tt": "Trajectory Transformer", "dt": "Decision Transformer", "bc": "BC (MLP)",
+              "behaviour": "behaviour policy (SAC)"}
+
+
+# Images next to the report that get their own section when present (python -m ros_seqplanner.sim.attention).
+OPTIONAL_IMAGES = {"attention.png": "TT attention maps (one context window, every layer and head)"}
+
+
+class ReportError(ValueError):
+    """A result file is unreadable or does not have the expected fields."""
+
+
+@dataclass
+class EvalRow:
+    """One table row: a checkpoint evaluated on an env (possibly with a DT target return)."""
+
+    source: str
+    dataset: str
+    kind: str
+    checkpoint: str
+    env_id: str
+    returns: np.ndarray
+    scores: np.ndarray | None
+    seeds: list[int]
+    seed_of_episode: np.ndarray
+    lengths: np.ndarray
+    max_steps: int | None
+    target_return: float | None
+    checkpoint_choice: str
+    act_ms: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """Model name for the table, with the policy options it was evaluated with (e.g. noise=policy)."""
+        base = KIND_NAMES.get(self.kind, self.kind)
+        opts = ", ".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{base} [{opts}]" if opts else base
+
+    @property
+    def episodes(self) -> int:
+        return int(self.returns.size)
+
+    def seed_std(self, values: np.ndarray) -> float | None:
+        if len(self.seeds) < 2:
+            return None
+        return float(np.std([values[self.seed_of_episode == s].mean() for s in self.seeds]))
+
+
+def _need(d: dict[str, Any], key: str, source: str) -> Any:
+    if key not in d:
+        raise ReportError(f"{source}: missing field {key!r}")
+    return d[key]
+
+
+def _checkpoint_meta(checkpoint: str) -> dict[str, Any]:
+    """The checkpoint's JSON if it exists here (used to find dataset id and DT targets); else {}."""
+    from ros_seqplanner.nets.checkpoint import checkpoint_paths
+
+    try:
+        js = checkpoint_paths(checkpoint)[1]
+        return json.loads(js.read_text()) if js.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _dataset_label(result: dict[str, Any], meta: dict[str, Any], env_id: str) -> str:
+    if result.get("dataset"):
+        return str(result["dataset"])
+    ds = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+    for value in (meta.get("dataset_id"), ds.get("dataset_id")):
+        if value:
+            return str(value)
+    return env_id
+
+
+def parse_eval_result(result: dict[str, Any], source: str) -> EvalRow:
+    """One ``evaluate`` result dict -> :class:`EvalRow`. Raises :class:`ReportError` on missing fields."""
+    env_id = str(_need(result, "env_id", source))
+    kind = str(_need(result, "kind", source))
+    checkpoint = str(_need(result, "checkpoint", source))
+    episodes = _need(result, "episodes", source)
+    if not isinstance(episodes, list) or not episodes:
+        raise ReportError(f"{source}: 'episodes' must be a non-empty list")
+    try:
+        rets = np.array([float(e["ret"]) for e in episodes])
+        seeds_ep = np.array([int(e.get("seed", 0)) for e in episodes])
+        lengths = np.array([int(e["length"]) for e in episodes])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ReportError(f"{source}: bad episode entry ({e}); expected 'ret', 'length' and 'seed'") from e
+    if not np.all(np.isfinite(rets)):
+        raise ReportError(f"{source}: non-finite returns")
+    try:
+        scores = np.array([normalized_score(env_id, r) for r in rets])
+    except KeyError:
+        scores = None  # no D4RL reference for this env
+    config = result.get("config") or {}
+    meta = _checkpoint_meta(checkpoint)
+    target = (config.get("reset_options") or {}).get("target_return")
+    if target is None:
+        target = (config.get("policy_options") or {}).get("target_return")
+    if target is None and kind == "dt" and meta.get("target_returns"):
+        target = meta["target_returns"][0]  # the DT policy's default target
+    summary = result.get("summary") or {}
+    act = {k: float(summary[k]) for k in ("act_ms_p50", "act_ms_p99", "act_ms_mean") if k in summary}
+    return EvalRow(source=source, dataset=_dataset_label(result, meta, env_id), kind=kind, checkpoint=checkpoint,
+                   env_id=env_id, returns=rets, scores=scores, seeds=sorted(set(seeds_ep.tolist())),
+                   seed_of_episode=seeds_ep, lengths=lengths, max_steps=config.get("max_steps"),
+                   target_return=None if target is None else float(target),
+                   checkpoint_choice=str(result.get("checkpoint_choice", "last")), act_ms=act,
+                   note=str(result.get("note", "")),
+                   options={k: v for k, v in (config.get("policy_options") or {}).items() if k != "target_return"})
+
+
+def load_results(directory: str | Path) -> tuple[list[EvalRow], list[dict[str, Any]]]:
+    """Read every ``*.json`` under ``directory`` -> (evaluation rows, long-horizon results)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ReportError(f"results directory {directory} does not exist")
+    rows: list[EvalRow] = []
+    horizons: list[dict[str, Any]] = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ReportError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(data, dict):
+            raise ReportError(f"{path}: expected a JSON object")
+        if data.get("kind") == "long_horizon":
+            horizons.append({**data, "_source": path.name})
+            continue
+        items = data["results"] if isinstance(data.get("results"), list) else [data]
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ReportError(f"{path}: result {i} is not an object")
+            rows.append(parse_eval_result(item, path.name if len(items) == 1 else f"{path.name}[{i}]"))
+    return rows, horizons
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+def _pm(values: np.ndarray | None, digits: int = 1) -> str:
+    if values is None:
+        return "n/a"
+    return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}"
+
+
+def _row_sort_key(r: EvalRow) -> tuple:
+    k = KIND_ORDER.index(r.kind) if r.kind in KIND_ORDER else len(KIND_ORDER)
+    return (k, r.target_return if r.target_return is not None else -np.inf, r.source)
+
+
+def eval_table(rows: list[EvalRow]) -> list[str]:
+    """Markdown table lines for the rows of one dataset."""
+    lines = ["| model | checkpoint | return (mean ± std) | normalised score | seed std (score) | episodes x seeds "
+             "| steps/episode | DT target | last/best | result file |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=_row_sort_key):
+        seed_sd = r.seed_std(r.scores) if r.scores is not None else None
+        eps_per_seed = r.episodes // max(len(r.seeds), 1)
+        steps = f"{r.lengths.mean():.0f}" + (f" (cut at {r.max_steps})" if r.max_steps else "")
+        lines.append(
+            f"| {r.name} | `{Path(r.checkpoint).name}` | {_pm(r.returns)} | {_pm(r.scores)} | "
+            f"{'n/a' if seed_sd is None else f'{seed_sd:.1f}'} | {eps_per_seed} x {len(r.seeds)} "
+            f"(seeds {', '.join(map(str, r.seeds))}) | {steps} | "
+            f"{'-' if r.target_return is None else f'{r.target_return:g}'} | {r.checkpoint_choice} | `{r.source}` |")
+    return lines
+
+
+def latency_lines(rows: list[EvalRow]) -> list[str]:
+    """Per-step action latency (ms) of every row that reports it; TT planning first."""
+    have = [r for r in sorted(rows, key=_row_sort_key) if "act_ms_p50" in r.act_ms]
+    if not have:
+        return []
+    lines = ["| model | dataset | act p50 (ms) | act p99 (ms) | act mean (ms) | steps measured |",
+             "|---|---|---|---|---|---|"]
+    for r in have:
+        a = r.act_ms
+        lines.append(f"| {r.name} | {r.dataset} | {a['act_ms_p50']:.2f} | "
+                     f"{a.get('act_ms_p99', float('nan')):.2f} | {a.get('act_ms_mean', float('nan')):.2f} | "
+                     f"{int(r.lengths.sum())} |")
+    return lines
+
+
+def horizon_lines(result: dict[str, Any], show: tuple[int, ...] = (1, 5, 10, 20, 50, 100)) -> list[str]:
+    """Table of open-loop prediction error at selected horizons for one long-horizon result."""
+    models = result.get("models")
+    horizons = result.get("horizons")
+    if not isinstance(models, dict) or not isinstance(horizons, list) or not models:
+        raise ReportError(f"{result.get('_source', 'long-horizon result')}: needs 'horizons' and 'models'")
+    cols = [h for h in show if h in horizons]
+    lines = [f"Dataset `{result.get('dataset', '?')}`, {result.get('num_episodes', '?')} held-out episode(s), "
+             f"{result.get('num_starts', '?')} start(s); metric: {result.get('metric', 'error')}.", "",
+             "| model | " + " | ".join(f"h={h}" for h in cols) + " | notes |",
+             "|---|" + "---|" * len(cols) + "---|"]
+    for name, m in models.items():
+        err = m.get("error")
+        if not isinstance(err, list) or len(err) != len(horizons):
+            raise ReportError(f"{result.get('_source')}: model {name!r} needs one 'error' per horizon")
+        vals = [err[horizons.index(h)] for h in cols]
+        lines.append(f"| {name} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in vals)
+                     + f" | {m.get('note', '')} |")
+    if result.get("plot"):
+        lines += ["", f"![open-loop prediction error]({result['plot']})"]
+    if result.get("note"):
+        lines += ["", str(result["note"])]
+    return lines
+
+
+def render_report(rows: list[EvalRow], horizons: list[dict[str, Any]], title: str = "Results",
+                  images: dict[str, str] | None = None) -> str:
+    """The whole RESULTS.md text; ``images`` maps a section title to an image path (relative to the report)."""
+    out = [f"# {title}", "",
+           "Generated by `seqplanner report` from the JSON files in `models/results/`; do not edit by hand.", "",
+           f"Normalised scores use D4RL's reference returns on gymnasium v5 envs ({SCORE_LABEL}); they are not "
+           "directly comparable with published D4RL (v2) numbers. Mean ± std is over all episodes (seeds pooled); "
+           "'seed std' is the std of the per-seed means. 'last/best' says which training checkpoint was evaluated.",
+           ""]
+    if not rows and not horizons:
+        out += ["No results yet.", ""]
+    for dataset in sorted({r.dataset for r in rows}):
+        ds_rows = [r for r in rows if r.dataset == dataset]
+        out += [f"## {dataset}", "", *eval_table(ds_rows), ""]
+        notes = [f"- `{r.source}`: {r.note}" for r in sorted(ds_rows, key=_row_sort_key) if r.note]
+        if notes:
+            out += [*notes, ""]
+    lat = latency_lines(rows)
+    if lat:
+        out += ["## Per-step action latency (TT: one beam-search plan per step)", "",
+                "Measured inside `seqplanner evaluate` (wall time of `policy.act`), on the machine that ran it.",
+                "", *lat, ""]
+    for h in horizons:
+        out += ["## Long-horizon open-loop prediction", "", *horizon_lines(h), ""]
+    for section, image in (images or {}).items():
+        out += [f"## {section}", "", f"![{section}]({image})", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def write_report(results_dir: str | Path, out: str | Path, title: str = "Results") -> Path:
+    """Load ``results_dir`` and write the markdown report to ``out``; returns the path."""
+    rows, horizons = load_results(results_dir)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    images = {title_: name for name, title_ in OPTIONAL_IMAGES.items() if (out.parent / name).is_file()}
+    out.write_text(render_report(rows, horizons, title, images))
+    return out

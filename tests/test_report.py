@@ -1,0 +1,148 @@
+"""``seqplanner report`` on small synthetic result files (no training, no simulation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ros_seqplanner.cli import main
+from ros_seqplanner.data.scores import normalized_score
+from ros_seqplanner.sim.report import ReportError, load_results, render_report, write_report
+
+
+def _result(kind: str, rets: list[list[float]], dataset: str | None = "halfcheetah-medium-v5",
+            target: float | None = None, max_steps: int | None = None, p50: float = 1.0, **extra) -> dict:
+    episodes = [{"seed": s, "episode": k, "ret": r, "length": max_steps or 1000, "terminated": False,
+                 "truncated": True, "normalized_score": None, "act_ms_p50": p50, "act_ms_p99": 2 * p50}
+                for s, seed_rets in enumerate(rets) for k, r in enumerate(seed_rets)]
+    out = {"env_id": "HalfCheetah-v5", "checkpoint": f"/nowhere/{kind}_x", "kind": kind,
+           "summary": {"act_ms_p50": p50, "act_ms_p99": 2 * p50, "act_ms_mean": 1.5 * p50},
+           "config": {"max_steps": max_steps, "reset_options": {} if target is None else {"target_return": target},
+                      "policy_options": {}},
+           "episodes": episodes, **extra}
+    if dataset is not None:
+        out["dataset"] = dataset
+    return out
+
+
+def _write(d: Path, name: str, data: object) -> None:
+    (d / name).write_text(json.dumps(data))
+
+
+def _table_row(text: str, startswith: str) -> list[str]:
+    rows = [line for line in text.splitlines() if line.startswith(startswith)]
+    assert len(rows) == 1, rows
+    return [c.strip() for c in rows[0].strip("|").split("|")]
+
+
+def test_row_statistics_are_recomputed_from_episodes(tmp_path):
+    rets = [[4000.0, 4200.0], [4400.0, 4800.0]]
+    _write(tmp_path, "bc.json", _result("bc", rets))
+    rows, horizons = load_results(tmp_path)
+    assert horizons == [] and len(rows) == 1
+    r = rows[0]
+    flat = np.array(rets).ravel()
+    assert r.returns.mean() == pytest.approx(flat.mean())
+    assert r.scores.mean() == pytest.approx(np.mean([normalized_score("halfcheetah", x) for x in flat]))
+    per_seed = [np.mean([normalized_score("halfcheetah", x) for x in s]) for s in rets]
+    assert r.seed_std(r.scores) == pytest.approx(np.std(per_seed))
+    text = render_report(rows, horizons)
+    cells = _table_row(text[:text.index("## Per-step")], "| BC (MLP)")
+    assert cells[2] == f"{flat.mean():.1f} ± {flat.std():.1f}"
+    assert cells[5].startswith("2 x 2")
+    assert cells[8] == "last"
+
+
+def test_summary_is_not_trusted(tmp_path):
+    res = _result("bc", [[1000.0]])
+    res["summary"]["return_mean"] = 99999.0  # a stale summary must not leak into the table
+    _write(tmp_path, "bc.json", res)
+    text = render_report(*load_results(tmp_path))
+    assert "99999" not in text and "1000.0 ± 0.0" in text
+
+
+def test_tables_per_dataset_ordering_targets_and_latency(tmp_path):
+    _write(tmp_path, "a.json", {"results": [_result("behaviour", [[4800.0]]), _result("bc", [[4300.0]])]})
+    _write(tmp_path, "dt.json", _result("dt", [[4500.0]], target=6000.0, p50=3.0))
+    _write(tmp_path, "tt.json", _result("tt", [[300.0]], max_steps=100, p50=700.0, checkpoint_choice="best",
+                                          note="one truncated episode"))
+    _write(tmp_path, "rnd.json", _result("bc", [[-100.0]], dataset="halfcheetah-random-v5"))
+    noisy = _result("behaviour", [[4500.0]])
+    noisy["config"]["policy_options"] = {"noise": "policy"}
+    _write(tmp_path, "noisy.json", noisy)
+    text = render_report(*load_results(tmp_path))
+    medium = text.index("## halfcheetah-medium-v5")
+    random = text.index("## halfcheetah-random-v5")
+    assert medium < random
+    section = text[medium:random]
+    order = [section.index(name) for name in ("Trajectory Transformer", "Decision Transformer", "BC (MLP)",
+                                               "behaviour policy")]
+    assert order == sorted(order)
+    tt = _table_row(section, "| Trajectory Transformer")
+    assert "cut at 100" in tt[6] and tt[8] == "best"
+    assert _table_row(section, "| Decision Transformer")[7] == "6000"
+    assert "one truncated episode" in section
+    assert _table_row(section, "| behaviour policy (SAC) [noise=policy]")[2] == "4500.0 ± 0.0"
+    lat = text[text.index("## Per-step action latency"):]
+    assert _table_row(lat, "| Trajectory Transformer")[2:4] == ["700.00", "1400.00"]
+
+
+def test_dataset_falls_back_to_checkpoint_meta_then_env(tmp_path):
+    ckpt = tmp_path / "ck"
+    (tmp_path / "ck.json").write_text(json.dumps({"kind": "dt", "dataset_id": "my-data", "target_returns": [1234.0]}))
+    res = _result("dt", [[10.0]], dataset=None)
+    res["checkpoint"] = str(ckpt)
+    results = tmp_path / "results"
+    results.mkdir()
+    _write(results, "dt.json", res)
+    _write(results, "bc.json", _result("bc", [[10.0]], dataset=None))
+    rows, _ = load_results(results)
+    by_kind = {r.kind: r for r in rows}
+    assert by_kind["dt"].dataset == "my-data" and by_kind["dt"].target_return == 1234.0
+    assert by_kind["bc"].dataset == "HalfCheetah-v5"
+
+
+def test_long_horizon_section(tmp_path):
+    lh = {"kind": "long_horizon", "dataset": "d", "horizons": [1, 2, 5, 10], "num_episodes": 2, "num_starts": 3,
+          "metric": "mean abs error", "plot": "long_horizon.png",
+          "models": {"mlp": {"error": [0.1, 0.2, 0.5, 1.5]}, "tt": {"error": [0.3, 0.3, 0.4, None], "note": "w"}}}
+    _write(tmp_path, "lh.json", lh)
+    rows, horizons = load_results(tmp_path)
+    text = render_report(rows, horizons)
+    assert not rows and len(horizons) == 1
+    assert _table_row(text, "| mlp") == ["mlp", "0.100", "0.500", "1.500", ""]
+    assert _table_row(text, "| tt") == ["tt", "0.300", "0.400", "n/a", "w"]
+    assert "![open-loop prediction error](long_horizon.png)" in text
+
+
+@pytest.mark.parametrize("content, match", [
+    ("{not json", "not valid JSON"),
+    (json.dumps({"env_id": "HalfCheetah-v5", "kind": "bc", "checkpoint": "x"}), "missing field 'episodes'"),
+    (json.dumps({"env_id": "HalfCheetah-v5", "kind": "bc", "checkpoint": "x", "episodes": [{"seed": 0}]}),
+     "bad episode entry"),
+    (json.dumps([1, 2]), "expected a JSON object"),
+    (json.dumps({"kind": "long_horizon", "horizons": [1], "models": {"m": {"error": [1, 2]}}}), "one 'error'"),
+])
+def test_bad_files_raise_clear_errors(tmp_path, content, match):
+    (tmp_path / "bad.json").write_text(content)
+    with pytest.raises(ReportError, match=match):
+        write_report(tmp_path, tmp_path / "out.md")
+
+
+def test_cli_writes_report_and_reports_errors(tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    out = tmp_path / "docs" / "RESULTS.md"
+    assert main(["report", "--results", str(results), "--out", str(out)]) == 0
+    assert "No results yet." in out.read_text()
+    _write(results, "bc.json", _result("bc", [[4321.0]]))
+    assert main(["report", "--results", str(results), "--out", str(out)]) == 0
+    assert "4321.0" in out.read_text() and "attention.png" not in out.read_text()
+    (out.parent / "attention.png").write_bytes(b"png")
+    assert main(["report", "--results", str(results), "--out", str(out)]) == 0
+    assert "](attention.png)" in out.read_text()
+    assert main(["report", "--results", str(tmp_path / "missing"), "--out", str(out)]) == 1
+    assert "does not exist" in capsys.readouterr().err
