@@ -197,6 +197,21 @@ def _state_times(bag: Path) -> list[int]:
         return [r.timestamp_ns for r in b.raw_messages(["/joint_states"])]
 
 
+def _compressed_times(bag: Path, max_gap_ns: int) -> dict[int, int]:
+    """Timestamp map that shortens every gap between consecutive messages to at most ``max_gap_ns``
+    (order kept): a recording made on a loaded machine can hold pauses longer than a test's stale
+    timeout, and a gap test needs the one gap it inserts to be the only one."""
+    from ros_seqplanner.bags.reader import open_bag
+
+    with open_bag(bag) as b:
+        stamps = sorted({r.timestamp_ns for r in b.raw_messages(REPLAYED)})
+    out, shift = {}, 0
+    for prev, t in zip([stamps[0], *stamps], stamps):
+        shift += max(0, t - prev - max_gap_ns)
+        out[t] = t - shift
+    return out
+
+
 def _distinct_states(bag: Path) -> int:
     """States the node plans for: lockstep heartbeats repeat a state with the same stamp."""
     from ros_seqplanner.bags.reader import open_bag
@@ -269,10 +284,11 @@ def test_replay_into_planner_reproduces_the_recorded_commands(recorded, checkpoi
 
 def test_gap_in_the_bag_trips_the_stale_state_watchdog(recorded, checkpoints, context, tmp_path) -> None:
     src = recorded["dt"]["bag"]
-    t10 = _state_times(src)[10] - 1_000_000  # the 10th state and its reward (sent just before it)
+    tmap = _compressed_times(src, 50_000_000)  # no pause > 50 ms but the one inserted here
+    t10 = tmap[_state_times(src)[10]] - 1_000_000  # the 10th state and its reward (sent just before it)
     gap_ns = 1_000_000_000
     bag = _rewrite(src, tmp_path / "gap", lambda raw, msg, ts: (
-        raw.timestamp_ns + (gap_ns if raw.timestamp_ns >= t10 else 0), raw.data))
+        tmap[raw.timestamp_ns] + (gap_ns if tmap[raw.timestamp_ns] >= t10 else 0), raw.data))
     h = Harness(context, load(checkpoints["dt"], "dt"), stale_timeout_s=0.3, control_rate_hz=50.0)
     try:
         h.replay(bag)

@@ -121,7 +121,13 @@ def record_closed_loop(out: str | Path, *, env: str = "halfcheetah", checkpoint:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"episode did not finish within {timeout_s} s ({bridge.steps} steps)")
             time.sleep(0.01)
-        time.sleep(0.3)  # let the last state's command, plan and events arrive
+        # Let the last state's command, plan and events arrive, and at least one diagnostics message
+        # (bounded: a loaded machine can delay them well past one diagnostics period).
+        settle = time.monotonic() + 3.0
+        time.sleep(0.3)
+        while "/diagnostics" in recorder.received and recorder.received["/diagnostics"] < 1 \
+                and time.monotonic() < settle:
+            time.sleep(0.02)
         ok = True
         return {"bag": Path(out), "return": bridge.returns[-1], "steps": bridge.steps,
                 "received": dict(recorder.received)}
