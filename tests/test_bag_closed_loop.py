@@ -155,7 +155,7 @@ class Harness:
         from ros_seqplanner.bags.replay import ReplayOptions, replay_bag
 
         pacing = {"pace_topics": REPLAYED, "pace_trigger_topic": "/joint_states", "pace_response_topic": COMMANDS,
-                  "pace_timeout_s": 0.5} if pace else {}
+                  "pace_timeout_s": 2.0} if pace else {}
         stats = replay_bag(bag, ReplayOptions(topics=REPLAYED, wait_for_subscribers=REPLAYED, **pacing),
                            context=self.node.context)
         time.sleep(0.4)  # the last state's plan and command
@@ -195,6 +195,20 @@ def _state_times(bag: Path) -> list[int]:
 
     with open_bag(bag) as b:
         return [r.timestamp_ns for r in b.raw_messages(["/joint_states"])]
+
+
+def _distinct_state_times(bag: Path) -> list[int]:
+    """Receive times of the states the node plans for (first message of each header stamp)."""
+    from ros_seqplanner.bags.reader import open_bag
+
+    times, seen = [], set()
+    with open_bag(bag) as b:
+        for raw, m in b.messages(["/joint_states"]):
+            stamp = (m.header.stamp.sec, m.header.stamp.nanosec)
+            if stamp not in seen:
+                seen.add(stamp)
+                times.append(raw.timestamp_ns)
+    return times
 
 
 def _compressed_times(bag: Path, max_gap_ns: int) -> dict[int, int]:
@@ -267,6 +281,7 @@ def test_recorded_bag_has_every_closed_loop_topic(recorded) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- replay
+@pytest.mark.flaky(reruns=2)  # paced replay over DDS on a loaded machine: see the gap test below
 @pytest.mark.parametrize("kind", ["dt", "tt"])
 def test_replay_into_planner_reproduces_the_recorded_commands(recorded, checkpoints, context, kind) -> None:
     rec = recorded[kind]
@@ -282,13 +297,26 @@ def test_replay_into_planner_reproduces_the_recorded_commands(recorded, checkpoi
     np.testing.assert_array_equal(replayed, recorded_cmds)
 
 
+# Wall-clock timing against a 0.3 s watchdog: a scheduling hiccup on a loaded 2-core machine can add
+# a pause of its own, so this test may run up to 3 times; a real regression fails every run.
+@pytest.mark.flaky(reruns=2)
 def test_gap_in_the_bag_trips_the_stale_state_watchdog(recorded, checkpoints, context, tmp_path) -> None:
     src = recorded["dt"]["bag"]
     tmap = _compressed_times(src, 50_000_000)  # no pause > 50 ms but the one inserted here
-    t10 = tmap[_state_times(src)[10]] - 1_000_000  # the 10th state and its reward (sent just before it)
+    t10 = tmap[_distinct_state_times(src)[10]] - 1_000_000  # the 10th state and its reward (sent just before)
     gap_ns = 1_000_000_000
-    bag = _rewrite(src, tmp_path / "gap", lambda raw, msg, ts: (
-        tmap[raw.timestamp_ns] + (gap_ns if tmap[raw.timestamp_ns] >= t10 else 0), raw.data))
+    seen: set[tuple[int, int]] = set()
+
+    def edit(raw, msg, ts):
+        if raw.topic == "/joint_states":
+            stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+            if stamp in seen:  # a lockstep heartbeat repeating a state: never answered, so paced replay
+                return None    # would stall on it for pace_timeout_s (> the stale timeout)
+            seen.add(stamp)
+        t = tmap[raw.timestamp_ns]
+        return t + (gap_ns if t >= t10 else 0), raw.data
+
+    bag = _rewrite(src, tmp_path / "gap", edit)
     h = Harness(context, load(checkpoints["dt"], "dt"), stale_timeout_s=0.3, control_rate_hz=50.0)
     try:
         h.replay(bag)

@@ -253,6 +253,7 @@ class BagPlayer:
         paced = set(self.opts.pace_topics)
         trigger = self.opts.pace_trigger_topic or (self.opts.pace_topics[0] if self.opts.pace_topics else None)
         last_trigger: float | None = None  # publish time of the unanswered trigger message
+        last_trigger_data: bytes | None = None
 
         def bag_time_at(wall: float) -> int:
             return t0_bag + int((wall - shift[0]) * rate * 1e9)
@@ -279,7 +280,12 @@ class BagPlayer:
                 break
             self._publish_clock(msg.timestamp_ns)
             if msg.topic == trigger:
-                last_trigger = time.monotonic()  # before publishing: the answer may come at once
+                data = bytes(msg.data)
+                # A byte-identical repeat (e.g. a lockstep bridge's heartbeat) gets no answer of its own:
+                # waiting on it would only stall the replay for pace_timeout_s.
+                if data != last_trigger_data:
+                    last_trigger = time.monotonic()  # before publishing: the answer may come at once
+                last_trigger_data = data
             self.publishers[msg.topic].publish(msg.data)
             self.stats.lateness_ms.append((time.monotonic() - target) * 1e3)
             self.stats.published[msg.topic] += 1
