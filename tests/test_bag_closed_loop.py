@@ -304,7 +304,7 @@ def test_gap_in_the_bag_trips_the_stale_state_watchdog(recorded, checkpoints, co
     src = recorded["dt"]["bag"]
     tmap = _compressed_times(src, 50_000_000)  # no pause > 50 ms but the one inserted here
     t10 = tmap[_distinct_state_times(src)[10]] - 1_000_000  # the 10th state and its reward (sent just before)
-    gap_ns = 1_000_000_000
+    gap_ns = 2_000_000_000
     seen: set[tuple[int, int]] = set()
 
     def edit(raw, msg, ts):
@@ -317,7 +317,9 @@ def test_gap_in_the_bag_trips_the_stale_state_watchdog(recorded, checkpoints, co
         return t + (gap_ns if t >= t10 else 0), raw.data
 
     bag = _rewrite(src, tmp_path / "gap", edit)
-    h = Harness(context, load(checkpoints["dt"], "dt"), stale_timeout_s=0.3, control_rate_hz=50.0)
+    # The watchdog timeout keeps a margin over scheduling pauses of a loaded 2-core machine (seen up to
+    # a few hundred ms between replayed states) while staying well inside the inserted 2 s gap.
+    h = Harness(context, load(checkpoints["dt"], "dt"), stale_timeout_s=0.6, control_rate_hz=50.0)
     try:
         h.replay(bag)
         counters = dict(h.node.counters)
@@ -331,7 +333,7 @@ def test_gap_in_the_bag_trips_the_stale_state_watchdog(recorded, checkpoints, co
     last_plan = int(np.flatnonzero(~safe)[-1])
     assert np.flatnonzero(safe[:last_plan]).tolist() == [10]
     assert (~safe).sum() == _distinct_states(bag)
-    assert 0.25 < times[10] - times[9] < 0.8
+    assert 0.55 < times[10] - times[9] < 1.6
 
 
 def test_burst_of_states_does_not_queue_stale_plans(recorded, checkpoints, context, tmp_path) -> None:
