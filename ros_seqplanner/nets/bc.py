@@ -16,6 +16,7 @@ from torch import nn
 
 from ros_seqplanner.nets.bounds import ActionBoundsMixin
 from ros_seqplanner.nets.checkpoint import CheckpointError, load_checkpoint, load_state_into, save_checkpoint
+from ros_seqplanner.nets.config import config_from_dict
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,7 @@ class BCConfig(ActionBoundsMixin):
 
     @classmethod
     def from_dict(cls, d: dict) -> BCConfig:
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown BCConfig fields {unknown}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return config_from_dict(cls, d)
 
 
 class BCModel(nn.Module):

@@ -38,6 +38,7 @@ from torch import nn
 
 from ros_seqplanner.nets.bounds import ActionBoundsMixin
 from ros_seqplanner.nets.checkpoint import CheckpointError, load_checkpoint, load_state_into, save_checkpoint
+from ros_seqplanner.nets.config import config_from_dict
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,7 @@ class DTConfig(ActionBoundsMixin):
 
     @classmethod
     def from_dict(cls, d: dict) -> DTConfig:
-        names = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown DTConfig fields {unknown}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return config_from_dict(cls, d)
 
 
 class SelfAttention(nn.Module):

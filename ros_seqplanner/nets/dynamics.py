@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ros_seqplanner.nets.checkpoint import CheckpointError, load_checkpoint, load_state_into, save_checkpoint
+from ros_seqplanner.nets.config import config_from_dict
 
 STAT_NAMES = ("obs_mean", "obs_std", "act_mean", "act_std", "delta_mean", "delta_std", "rew_mean", "rew_std")
 
@@ -39,10 +40,7 @@ class DynamicsConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DynamicsConfig:
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown DynamicsConfig fields {unknown}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 class MLPDynamics(nn.Module):

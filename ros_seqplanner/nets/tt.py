@@ -24,7 +24,7 @@ forward pass (tested). Decoding is inference-only: no dropout is applied there.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ros_seqplanner.nets.checkpoint import CheckpointError, load_checkpoint, load_state_into, save_checkpoint
+from ros_seqplanner.nets.config import config_from_dict
 from ros_seqplanner.nets.discretizer import Discretizer
 
 
@@ -86,11 +87,7 @@ class TTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TTConfig fields {unknown}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 # ---------------------------------------------------------------------------------------------- inference state
