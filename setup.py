@@ -36,7 +36,8 @@ setup(
         *tree("sim", ("*.yaml", "*.xml")),
     ],
     install_requires=["setuptools", "numpy", "safetensors", "pyyaml", "tqdm"],
-    zip_safe=True,
+    package_data={"ros_seqplanner.planning": ["_tt_kernel.c"]},  # built on first use (planning/ckernel.py)
+    zip_safe=False,
     maintainer="ros_seqplanner developers",
     maintainer_email="dev@ros-seqplanner.invalid",
     description="Trajectory Transformer / Decision Transformer planners as a ROS 2 control package",

@@ -45,6 +45,8 @@ import torch
 
 from ros_seqplanner.nets.discretizer import Discretizer
 from ros_seqplanner.nets.tt import TrajectoryTransformer
+from ros_seqplanner.planning import ckernel
+from ros_seqplanner.planning.ckernel import CBeamDecoder
 from ros_seqplanner.planning.engine import BeamDecoder
 from ros_seqplanner.planning.sampling import expectation, greedy_bins, sample_bins, token_logp
 
@@ -115,6 +117,23 @@ def decode_plan(bins: torch.Tensor, score: torch.Tensor, disc: Discretizer, obs_
     return Plan(x[:, :o], x[:, o:o + a], x[:, o + a], x[:, o + a + 1], b, float(score))
 
 
+def make_decoder(model: TrajectoryTransformer, dtype: torch.dtype | None, static: bool, cuda_graphs: bool | None,
+                 kernel: str) -> BeamDecoder | CBeamDecoder:
+    """The decoder for ``kernel`` (``auto`` | ``c`` | ``torch``; see :class:`BeamPlanner`)."""
+    if kernel not in ("auto", "c", "torch"):
+        raise ValueError(f"kernel must be 'auto', 'c' or 'torch', got {kernel!r}")
+    fits = model.head.device.type == "cpu" and (dtype or model.head.dtype) == torch.float32 and not static
+    if kernel == "c" and not fits:
+        raise ValueError("kernel 'c' needs a CPU float32 model and dynamic shapes (static=False)")
+    if kernel != "torch" and fits:
+        lib = ckernel.load_kernel()
+        if lib is not None:
+            return CBeamDecoder(model, lib)
+        if kernel == "c":
+            raise RuntimeError(ckernel.LOAD_ERROR or "C kernel unavailable")
+    return BeamDecoder(model, dtype, static=static, cuda_graphs=cuda_graphs)
+
+
 def context_capacity(model_max_transitions: int, horizon: int, max_context_transitions: int) -> int:
     """Context transitions that fit before a plan of ``horizon`` transitions in the model's block."""
     if horizon > model_max_transitions:
@@ -127,10 +146,12 @@ class BeamPlanner:
 
     def __init__(self, model: TrajectoryTransformer, discretizer: Discretizer, config: PlannerConfig,
                  dtype: torch.dtype | None = None, static: bool | None = None,
-                 cuda_graphs: bool | None = None) -> None:
+                 cuda_graphs: bool | None = None, kernel: str = "auto") -> None:
         """``dtype``: decoder dtype (default: the model's; use bfloat16 on CUDA). ``static``: static-shape
         decoding (default: on CUDA only); ``cuda_graphs``: capture it into CUDA graphs (default: when
-        static on CUDA; untested on the dev machine)."""
+        static on CUDA; untested on the dev machine). ``kernel``: ``"c"`` the fused C decoder step
+        (:mod:`~ros_seqplanner.planning.ckernel`; CPU, fp32, dynamic shapes), ``"torch"`` the torch decoder,
+        ``"auto"`` (default) C where it applies and builds, else torch. Both give the same plans."""
         cfg = model.cfg
         if discretizer.dim != cfg.transition_dim or discretizer.n_bins != cfg.n_bins:
             raise ValueError(f"discretizer ({discretizer.dim} x {discretizer.n_bins}) does not fit the model "
@@ -145,7 +166,8 @@ class BeamPlanner:
         self.device = model.head.device
         if static is None:
             static = self.device.type == "cuda"
-        self.decoder = BeamDecoder(model, dtype, static=static, cuda_graphs=cuda_graphs)
+        self.decoder = make_decoder(model, dtype, static, cuda_graphs, kernel)
+        self.kernel = "c" if isinstance(self.decoder, CBeamDecoder) else "torch"
         self.context_transitions = context_capacity(cfg.max_transitions, config.horizon,
                                                     config.max_context_transitions)
         mids = discretizer.midpoints.to(self.device)

@@ -23,14 +23,23 @@ which is the same distribution. (3) Sampling is inverse-CDF on given uniforms in
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+
+def _sorted_values(probs: torch.Tensor) -> torch.Tensor:
+    """Row-wise ascending sort of the values. On CPU numpy's sort is ~5x faster than ``torch.sort`` for the
+    (beams, bins) shapes here (30 vs 160 us for 64 x 100); sorted values are the same whichever algorithm."""
+    if probs.device.type == "cpu" and probs.dtype == torch.float32:
+        return torch.from_numpy(np.sort(probs.contiguous().numpy(), axis=-1))
+    return torch.sort(probs, dim=-1).values
 
 
 def filter_mask(probs: torch.Tensor, cdf: float | None = None, topk: int | None = None) -> torch.Tensor | None:
     """Bool (B, N) mask of classes kept by the cdf and/or top-k filters; None when no filter applies."""
     keep = None
     if cdf is not None:
-        srt, _ = torch.sort(probs, dim=-1)
+        srt = _sorted_values(probs)
         below = torch.cumsum(srt, dim=-1) < cdf
         idx = torch.arange(probs.shape[-1], device=probs.device)
         cut = torch.argmax(below * idx, dim=-1, keepdim=True)  # largest index with cum < cdf (0 if none)

@@ -1,0 +1,271 @@
+"""The fused C decoder step (``_tt_kernel.c``) for CPU beam search: built on first use, loaded with ctypes.
+
+Why: on one CPU thread the torch decoder (:mod:`ros_seqplanner.planning.engine`) spends about half of a
+halfcheetah plan outside the linear layers, in ~50 small ops per layer and token (per-beam attention
+matmuls of 1-2 rows, softmax, copies, op dispatch). :class:`CBeamDecoder` does a whole token (every
+layer, attention and head) in one foreign call: the matrix products go to the same BLAS ``sgemm`` that
+torch uses (MKL in the x86 wheels; its address is looked up in the loaded ``libtorch_cpu``), the rest is
+AVX2/FMA C. It keeps the engine's interface (``set_prefix``, ``allocate``, ``step``, ``merge``, ``cur``),
+so :class:`~ros_seqplanner.planning.beam.BeamPlanner` runs unchanged on top.
+
+Build: ``cc -O3 -march=native`` on the source shipped in the package, cached under
+``$SEQPLANNER_CACHE`` (default ``~/.cache/ros_seqplanner``) keyed by source, flags, compiler and CPU;
+about a second, once. Everything that can go wrong (no compiler, no exported sgemm, a non-x86 torch)
+makes :func:`load_kernel` return ``None`` with the reason in :data:`LOAD_ERROR`, and the planner falls back
+to the torch decoder (same plans). ``SEQPLANNER_KERNEL=torch`` forces the fallback.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ros_seqplanner.nets.tt import PrefixState, TrajectoryTransformer
+
+SOURCE = Path(__file__).with_name("_tt_kernel.c")
+ABI_VERSION = 4
+CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=gnu11")
+_LAYER_FIELDS = ("ln1_w", "ln1_b", "w_qkv", "b_qkv", "w_o", "b_o", "ln2_w", "ln2_b", "w_fc", "b_fc", "w_out", "b_out")
+LOAD_ERROR: str | None = None
+_LIB: ctypes.CDLL | None = None
+_TRIED = False
+
+_p, _i = ctypes.c_void_p, ctypes.c_int
+
+
+class _Ctx(ctypes.Structure):
+    """Mirror of ``ttk_ctx`` in ``_tt_kernel.c`` (checked against ``ttk_ctx_size`` on load)."""
+
+    _fields_ = [("n_layer", _i), ("C", _i), ("H", _i), ("hd", _i), ("F", _i), ("D", _i), ("n_bins", _i),
+                ("n1b", _i), ("eps", ctypes.c_float), ("lw", _p), ("lnf_w", _p), ("lnf_b", _p), ("tok", _p),
+                ("pos", _p), ("head", _p), ("kp", _p), ("vp", _p), ("tp", _i), ("tpp", _i), ("hk", _p), ("hv", _p),
+                ("W", _i), ("E", _i), ("T", _i), ("S", _i), ("x", _p), ("ln", _p), ("qkv", _p), ("y", _p),
+                ("ff", _p), ("sc", _p), ("sc_stride", _i), ("sgemm", _p)]
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept (``$SEQPLANNER_CACHE``, else ``$XDG_CACHE_HOME``/``~/.cache``)."""
+    env = os.environ.get("SEQPLANNER_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ros_seqplanner"
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _cpu_id() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    keep = [ln for ln in lines if ln.startswith(("model name", "flags"))][:2]
+    return "\n".join(keep)
+
+
+def build(force: bool = False) -> Path:
+    """Compile the kernel (if not cached) and return the shared library's path. Raises on failure."""
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (cc/gcc/clang) on PATH")
+    ver = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[:1]
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(CFLAGS), *ver, _cpu_id(),
+                                    platform.machine()]).encode()).hexdigest()[:16]
+    out = cache_dir() / f"tt_kernel_{key}.so"
+    if out.is_file() and not force:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        so = Path(tmp) / out.name
+        res = subprocess.run([cc, *CFLAGS, "-o", str(so), str(SOURCE), "-lm"], capture_output=True, text=True,
+                             timeout=300)
+        if res.returncode != 0:
+            raise RuntimeError(f"compiling {SOURCE.name} failed:\n{res.stderr[-2000:]}")
+        os.replace(so, out)  # atomic: concurrent builders never see a half-written library
+    return out
+
+
+def sgemm_address() -> int | None:
+    """Address of the Fortran ``sgemm_`` inside the loaded libtorch_cpu (MKL on x86 wheels), or None."""
+    lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    try:
+        return ctypes.cast(ctypes.CDLL(str(lib)).sgemm_, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+
+
+def load_kernel() -> ctypes.CDLL | None:
+    """The loaded kernel library, or None (reason in :data:`LOAD_ERROR`). Tried once per process."""
+    global _LIB, _TRIED, LOAD_ERROR
+    if _TRIED:
+        return _LIB
+    _TRIED = True
+    if os.environ.get("SEQPLANNER_KERNEL", "").lower() == "torch":
+        LOAD_ERROR = "disabled by SEQPLANNER_KERNEL=torch"
+        return None
+    if sgemm_address() is None:
+        LOAD_ERROR = "this torch build exports no sgemm_ (non-MKL build)"
+        return None
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        LOAD_ERROR = f"C kernel unavailable: {e}"
+        return None
+    if lib.ttk_abi_version() != ABI_VERSION or lib.ttk_ctx_size() != ctypes.sizeof(_Ctx):
+        LOAD_ERROR = "C kernel ABI mismatch (stale build?)"
+        return None
+    lib.ttk_step.argtypes = [_p, _p, _i, _i, _i, _i, _i, _i, _i, _p]
+    lib.ttk_step.restype = None
+    lib.ttk_merge.argtypes = [_p, _p, _p, _i, _i, _i, _i, _i]
+    lib.ttk_merge.restype = None
+    _LIB = lib
+    return lib
+
+
+def _round_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+class CBeamDecoder:
+    """Drop-in for :class:`~ros_seqplanner.planning.engine.BeamDecoder` (dynamic CPU fp32 mode) that runs
+    each token through ``ttk_step``. Buffers: prefix K (L, H, hd, TPP) / V (L, H, TPP, hd), zero padded;
+    history K (L, H, W, T/32, hd, 32) / V (L, H, W, T, hd), two ping-pong copies; keys stored transposed so the
+    per-beam score loop vectorises over columns, in tiles of 32 columns ((T/32, hd, 32) per beam and head) so
+    each tile is one contiguous 4 KiB read."""
+
+    def __init__(self, model: TrajectoryTransformer, lib: ctypes.CDLL | None = None) -> None:
+        lib = lib or load_kernel()
+        if lib is None:
+            raise RuntimeError(LOAD_ERROR or "C kernel unavailable")
+        if model.head.device.type != "cpu":
+            raise ValueError("CBeamDecoder runs on CPU only")
+        self.lib = lib
+        cfg = model.cfg
+        self.cfg = cfg
+        self.device = torch.device("cpu")
+        self.C, self.H = cfg.n_embd, cfg.n_head
+        self.hd = self.C // self.H
+        self.N, self.D = cfg.n_bins, cfg.transition_dim
+        scale = self.hd ** -0.5
+
+        def t(x: torch.Tensor) -> torch.Tensor:
+            return x.detach().to("cpu", torch.float32).contiguous().clone()
+
+        eps = {blk.ln1.eps for blk in model.blocks} | {blk.ln2.eps for blk in model.blocks} | {model.ln_f.eps}
+        if len(eps) != 1:
+            raise ValueError("CBeamDecoder expects one LayerNorm eps for all LayerNorms")
+        self._keep: list[torch.Tensor] = []
+        lw: list[int] = []
+        for blk in model.blocks:
+            w, b = t(blk.attn.qkv.weight), t(blk.attn.qkv.bias)
+            w[: self.C] *= scale  # attention scale folded into the queries (as the torch engine)
+            b[: self.C] *= scale
+            lay = {"ln1_w": t(blk.ln1.weight), "ln1_b": t(blk.ln1.bias), "w_qkv": w.t().contiguous(), "b_qkv": b,
+                   "w_o": t(blk.attn.proj.weight).t().contiguous(), "b_o": t(blk.attn.proj.bias),
+                   "ln2_w": t(blk.ln2.weight), "ln2_b": t(blk.ln2.bias),
+                   "w_fc": t(blk.fc.weight).t().contiguous(), "b_fc": t(blk.fc.bias),
+                   "w_out": t(blk.fc_out.weight).t().contiguous(), "b_out": t(blk.fc_out.bias)}
+            for k in _LAYER_FIELDS:
+                self._keep.append(lay[k])
+                lw.append(lay[k].data_ptr())
+        self.F = model.blocks[0].fc.weight.shape[0]
+        self._lw = (ctypes.c_void_p * len(lw))(*lw)
+        self._lnf = (t(model.ln_f.weight), t(model.ln_f.bias))
+        self._tok, self._pos, self._head = t(model.tok_emb.weight), t(model.pos_emb), t(model.head)
+        self.max_prefix = cfg.block_size + (cfg.obs_dim if cfg.goal_conditioned else 0)
+        self.tpp_max = _round_up(self.max_prefix, 32)  # score loops run over 32-column tiles
+        nl = cfg.n_layer
+        self.kp = torch.zeros(nl, self.H, self.hd, self.tpp_max)
+        self.vp = torch.zeros(nl, self.H, self.tpp_max, self.hd)
+        self._shape: tuple[int, int, int, int] | None = None
+        self.cur = 0
+        c = self.ctx = _Ctx()
+        c.n_layer, c.C, c.H, c.hd, c.F, c.D, c.n_bins, c.n1b = nl, self.C, self.H, self.hd, self.F, self.D, self.N, \
+            self.N + 1
+        c.eps = float(eps.pop())
+        c.lw = ctypes.cast(self._lw, ctypes.c_void_p)
+        c.lnf_w, c.lnf_b = self._lnf[0].data_ptr(), self._lnf[1].data_ptr()
+        c.tok, c.pos, c.head = self._tok.data_ptr(), self._pos.data_ptr(), self._head.data_ptr()
+        c.sgemm = sgemm_address()
+        c.tpp = self.tpp_max  # fixed stride: buffers never move between plans
+        self._kp_ptrs = (ctypes.c_void_p * nl)(*[self.kp[i].data_ptr() for i in range(nl)])
+        self._vp_ptrs = (ctypes.c_void_p * nl)(*[self.vp[i].data_ptr() for i in range(nl)])
+        c.kp, c.vp = ctypes.cast(self._kp_ptrs, ctypes.c_void_p), ctypes.cast(self._vp_ptrs, ctypes.c_void_p)
+        self._ctx_p = ctypes.addressof(c)
+
+    def set_prefix(self, prefix: PrefixState) -> None:
+        """Copy the prefix K/V of the keys trajectory queries may attend (value-token keys dropped)."""
+        idx = torch.nonzero(prefix.key_valid.cpu()).squeeze(-1)
+        tp = idx.numel()
+        if tp > self.tpp_max:
+            raise ValueError(f"prefix of {tp} keys exceeds the model block ({self.max_prefix})")
+        for li, (k, v) in enumerate(zip(prefix.k, prefix.v)):
+            self.kp[li, :, :, :tp].copy_(k[0].index_select(1, idx).transpose(1, 2))
+            self.kp[li, :, :, tp:].zero_()
+            self.vp[li, :, :tp].copy_(v[0].index_select(1, idx))
+            self.vp[li, :, tp:].zero_()
+        self.ctx.tp = tp
+
+    def allocate(self, beams: int, expand: int, max_hist: int, max_step: int) -> None:
+        """History buffers for ``beams`` rows: ``max_hist`` columns + a step region of ``expand * max_step``
+        (no-op if the shapes are unchanged)."""
+        shape = (beams, expand, max_hist, max_step)
+        if shape == self._shape:
+            return
+        nl, h, hd, b = self.cfg.n_layer, self.H, self.hd, beams * expand
+        t = _round_up(max_hist + expand * max_step + 8, 32)
+        slack = 64  # the vector loops may read up to 32 columns past the last one
+        n = nl * h * beams * hd * t
+        self._hk = [torch.zeros(n + slack) for _ in range(2)]
+        self._hv = [torch.zeros(n + slack) for _ in range(2)]
+        per = h * beams * hd * t
+        self._hk_ptrs = (ctypes.c_void_p * (2 * nl))(*[self._hk[i].data_ptr() + 4 * li * per
+                                                       for i in range(2) for li in range(nl)])
+        self._hv_ptrs = (ctypes.c_void_p * (2 * nl))(*[self._hv[i].data_ptr() + 4 * li * per
+                                                       for i in range(2) for li in range(nl)])
+        ss = self.tpp_max + _round_up(max_hist + 1, 32) + max_step + 8  # one row's scores: prefix, history, step
+        self._scratch = {"x": torch.zeros(b, self.C), "ln": torch.zeros(b, self.C), "qkv": torch.zeros(b, 3 * self.C),
+                         "y": torch.zeros(b, self.C), "ff": torch.zeros(b, self.F), "sc": torch.zeros(2 * ss)}
+        c = self.ctx
+        c.hk, c.hv = ctypes.cast(self._hk_ptrs, ctypes.c_void_p), ctypes.cast(self._hv_ptrs, ctypes.c_void_p)
+        c.W, c.E, c.T, c.S = beams, expand, t, max_step
+        for k, v in self._scratch.items():
+            setattr(c, k, v.data_ptr())
+        c.sc_stride = ss
+        self._shape = shape
+        self.cur = 0
+
+    @torch.inference_mode()
+    def step(self, bins: torch.Tensor, pos: int, expand: int, hist_len: int, step_len: int,
+             write: str | None) -> torch.Tensor:
+        """Same contract as :meth:`BeamDecoder.step`: returns the (B, N+1) float32 logits at ``pos``."""
+        bins = bins.contiguous()
+        if bins.dtype != torch.long:
+            bins = bins.long()
+        b = bins.shape[0]
+        if self._shape is None or b > self._shape[0] * self._shape[1] or not 0 <= pos < self.cfg.block_size:
+            raise ValueError("step outside the allocated shapes")
+        out = torch.empty(b, self.N + 1)
+        mode = {None: 0, "hist": 1, "step": 2}[write]
+        self.lib.ttk_step(self._ctx_p, bins.data_ptr(), b, expand, pos, mode, hist_len, step_len, self.cur,
+                          out.data_ptr())
+        return out
+
+    @torch.inference_mode()
+    def merge(self, parent: torch.Tensor, winners: torch.Tensor, hist_len: int, step_len: int) -> None:
+        """New beam i = history of ``parent[i]`` + the step tokens of candidate ``winners[i]`` (other buffer)."""
+        parent, winners = parent.contiguous().long(), winners.contiguous().long()
+        dst = 1 - self.cur
+        self.lib.ttk_merge(self._ctx_p, parent.data_ptr(), winners.data_ptr(), parent.shape[0], hist_len, step_len,
+                           self.cur, dst)
+        self.cur = dst
