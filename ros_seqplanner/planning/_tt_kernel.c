@@ -14,10 +14,16 @@
      layer weights  ln1_w, ln1_b, w_qkv (C, 3C; query part pre-scaled by 1/sqrt(hd)), b_qkv, w_o (C, C),
                     b_o, ln2_w, ln2_b, w_fc (C, F), b_fc, w_out (F, C), b_out   (12 pointers per layer)
      prefix keys    kp[l] (H, hd, TPP)   prefix values vp[l] (H, TPP, hd)   (TP valid, zero padded)
-     history keys   hk[l] (H, W, T/32, hd, 32): tiles of 32 columns, each (hd, 32) contiguous
-     history values hv[l] (H, W, T, hd)
-   Row b of a step is candidate e = b % E of beam w = b / E. A row attends the TP prefix keys, the first
-   n1 history columns of its beam, and (write == 2) its own step columns hist_len + e*S .. + step_len. */
+   History as a tree: planning step s contributes one segment of L = seg_len columns (its S action/reward tokens,
+   then the observation tokens) per surviving beam; beam w's history is segments anc[w][0], anc[w][1], ... of
+   steps 0, 1, ..., so beams with a common ancestor share (and read) one copy of it. History column j of beam
+   w lives in segment j / L, slot anc[w][j / L], column j % L.
+     segment keys   sk[l] (NSEG, H, W, hd, LK)  (keys transposed, LK = L rounded up to 8)
+     segment values sv[l] (NSEG, H, W, L, hd)
+     candidates     ck[l] (H, W, E, hd, SK) / cv[l] (H, W, E, S, hd): step tokens of the current step
+   Row b of a step is candidate e = b % E of beam w = b / E. A row attends the TP prefix keys, the first n1
+   history columns of its beam, and (write == 2) its own step tokens 0..step_len. Rows are visited in the
+   order given by `order` (beams sorted by ancestry), so shared segments are read while still in cache. */
 
 #include <math.h>
 #include <stdint.h>
@@ -49,14 +55,17 @@ typedef struct {
     const float *lnf_w, *lnf_b, *tok, *pos, *head;
     const float *const *kp, *const *vp;       /* n_layer each */
     int tp, tpp;
-    float *const *hk, *const *hv;             /* 2 * n_layer each (ping-pong buffer, layer) */
-    int W, E, T, S;
+    float *const *sk, *const *sv, *const *ck, *const *cv; /* n_layer each */
+    const int32_t *anc, *order;               /* anc (W, n_seg), order (W,) */
+    int32_t *runs;                            /* scratch (n_seg, W, 3) + (n_seg,) run counts */
+    float *inv;                               /* scratch (H, W * E) */
+    int W, E, S, L, LK, SK, n_seg;           /* LK / SK: key row strides (L / S rounded up to 8) */
     float *x, *ln, *qkv, *y, *ff, *sc;
     int sc_stride;
     sgemm_fn sgemm;
 } ttk_ctx;
 
-int ttk_abi_version(void) { return 4; }
+int ttk_abi_version(void) { return 7; }
 int ttk_has_avx2(void) { return TTK_AVX2; }
 int ttk_ctx_size(void) { return (int)sizeof(ttk_ctx); }
 
@@ -229,36 +238,55 @@ static float softmax2(float *s, int n0, int off, int n1) {
 }
 
 /* ------------------------------------------------------------------------------------ attention */
-/* Scores of one or two query rows (q1 may be NULL) against 32 key columns: key (d, j) at k[d * ld + j].
-   Used for the prefix (ld = TPP) and for one history tile (ld = 32). */
-static inline void scores32(const float *k, size_t ld, int hd, const float *q0, const float *q1, float *s0,
-                            float *s1) {
+/* Scores of one or two query rows (q1 may be NULL) against 8 * nv (nv = 1..4) key columns: key (d, j) at
+   k[d * ld + j]. Inlined with a constant nv, so each width gets its own register-only loop. */
 #if TTK_AVX2
+static inline __attribute__((always_inline)) void scores_v(const float *k, size_t ld, int hd, const float *q0,
+                                                           const float *q1, float *s0, float *s1, const int nv) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     if (q1) {
         for (int d = 0; d < hd; d++, k += ld) {
-            __m256 k0 = _mm256_loadu_ps(k), k1 = _mm256_loadu_ps(k + 8);
-            __m256 k2 = _mm256_loadu_ps(k + 16), k3 = _mm256_loadu_ps(k + 24);
             __m256 x = _mm256_broadcast_ss(q0 + d), y = _mm256_broadcast_ss(q1 + d);
-            a0 = _mm256_fmadd_ps(x, k0, a0); a1 = _mm256_fmadd_ps(x, k1, a1);
-            a2 = _mm256_fmadd_ps(x, k2, a2); a3 = _mm256_fmadd_ps(x, k3, a3);
-            b0 = _mm256_fmadd_ps(y, k0, b0); b1 = _mm256_fmadd_ps(y, k1, b1);
-            b2 = _mm256_fmadd_ps(y, k2, b2); b3 = _mm256_fmadd_ps(y, k3, b3);
+            __m256 k0 = _mm256_loadu_ps(k);
+            a0 = _mm256_fmadd_ps(x, k0, a0); b0 = _mm256_fmadd_ps(y, k0, b0);
+            if (nv > 1) { __m256 k1 = _mm256_loadu_ps(k + 8); a1 = _mm256_fmadd_ps(x, k1, a1); b1 = _mm256_fmadd_ps(y, k1, b1); }
+            if (nv > 2) { __m256 k2 = _mm256_loadu_ps(k + 16); a2 = _mm256_fmadd_ps(x, k2, a2); b2 = _mm256_fmadd_ps(y, k2, b2); }
+            if (nv > 3) { __m256 k3 = _mm256_loadu_ps(k + 24); a3 = _mm256_fmadd_ps(x, k3, a3); b3 = _mm256_fmadd_ps(y, k3, b3); }
         }
-        _mm256_storeu_ps(s1, b0); _mm256_storeu_ps(s1 + 8, b1);
-        _mm256_storeu_ps(s1 + 16, b2); _mm256_storeu_ps(s1 + 24, b3);
+        _mm256_storeu_ps(s1, b0);
+        if (nv > 1) _mm256_storeu_ps(s1 + 8, b1);
+        if (nv > 2) _mm256_storeu_ps(s1 + 16, b2);
+        if (nv > 3) _mm256_storeu_ps(s1 + 24, b3);
     } else {
         for (int d = 0; d < hd; d++, k += ld) {
             __m256 x = _mm256_broadcast_ss(q0 + d);
-            a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k), a0); a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + 8), a1);
-            a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + 16), a2);
-            a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + 24), a3);
+            a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k), a0);
+            if (nv > 1) a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + 8), a1);
+            if (nv > 2) a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + 16), a2);
+            if (nv > 3) a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + 24), a3);
         }
     }
-    _mm256_storeu_ps(s0, a0); _mm256_storeu_ps(s0 + 8, a1);
-    _mm256_storeu_ps(s0 + 16, a2); _mm256_storeu_ps(s0 + 24, a3);
+    _mm256_storeu_ps(s0, a0);
+    if (nv > 1) _mm256_storeu_ps(s0 + 8, a1);
+    if (nv > 2) _mm256_storeu_ps(s0 + 16, a2);
+    if (nv > 3) _mm256_storeu_ps(s0 + 24, a3);
+}
+#endif
+
+/* scores of one or two rows against n columns of a (hd, ld) key block; writes up to round-up(n, 8) scores */
+static void scores_cols(const float *k, size_t ld, int hd, const float *q0, const float *q1, float *s0, float *s1,
+                        int n) {
+#if TTK_AVX2
+    int j = 0;
+    for (; j + 32 <= n; j += 32) scores_v(k + j, ld, hd, q0, q1, s0 + j, q1 ? s1 + j : NULL, 4);
+    switch ((n - j + 7) / 8) {
+        case 1: scores_v(k + j, ld, hd, q0, q1, s0 + j, q1 ? s1 + j : NULL, 1); break;
+        case 2: scores_v(k + j, ld, hd, q0, q1, s0 + j, q1 ? s1 + j : NULL, 2); break;
+        case 3: scores_v(k + j, ld, hd, q0, q1, s0 + j, q1 ? s1 + j : NULL, 3); break;
+        default: break;
+    }
 #else
-    for (int j = 0; j < 32; j++) {
+    for (int j = 0; j < n; j++) {
         float a = 0.0f, b = 0.0f;
         for (int d = 0; d < hd; d++) {
             a += q0[d] * k[(size_t)d * ld + j];
@@ -270,8 +298,6 @@ static inline void scores32(const float *k, size_t ld, int hd, const float *q0, 
 #endif
 }
 
-/* history key (d, col) of a beam's tiled block (tiles of 32 columns, each (hd, 32)) */
-static inline size_t kidx(int hd, int col, int d) { return ((size_t)(col >> 5) * hd + d) * 32 + (col & 31); }
 
 /* acc[0..hd) += sum_j p[j] * v[j * hd ..] for n rows of v */
 static inline void pv_generic(float *acc, const float *p, const float *v, int n, int hd) {
@@ -327,132 +353,201 @@ static inline void pv32(v32 *r0, v32 *r1, const float *p0, const float *p1, cons
 }
 #endif
 
-/* write row r's K/V (qkv row) into its beam's column col (all heads) */
-static void write_row(const ttk_ctx *c, float *hk, float *hv, int r, int wi, int col) {
-    const int H = c->H, hd = c->hd, C = c->C, T = c->T;
+/* write a K/V pair (row r of qkv, all heads) into column col of a (hd, ld) key block / value block per head */
+static void write_kv(const ttk_ctx *c, int r, float *k0, size_t kstride, int ld, float *v0, size_t vstride, int col) {
+    const int H = c->H, hd = c->hd, C = c->C;
     const float *k = c->qkv + (size_t)r * 3 * C + C, *v = k + C;
     for (int h = 0; h < H; h++) {
-        float *kb = hk + ((size_t)h * c->W + wi) * hd * T;
-        for (int d = 0; d < hd; d++) kb[kidx(hd, col, d)] = k[h * hd + d];
-        memcpy(hv + (((size_t)h * c->W + wi) * T + col) * hd, v + h * hd, sizeof(float) * hd);
+        float *kb = k0 + h * kstride + col;
+        for (int d = 0; d < hd; d++) kb[(size_t)d * ld] = k[h * hd + d];
+        memcpy(v0 + h * vstride + (size_t)col * hd, v + h * hd, sizeof(float) * hd);
     }
 }
 
-/* scores of one row against its own step columns col .. col+ns-1 (ns <= 8) of a tiled key block */
-static inline void step_scores(const float *kb, int hd, int col, int ns, const float *q, float *s) {
+static inline const float *seg_k(const ttk_ctx *c, int l, int s, int h, int slot) {
+    return c->sk[l] + (((size_t)s * c->H + h) * c->W + slot) * c->hd * c->LK;
+}
+static inline const float *seg_v(const ttk_ctx *c, int l, int s, int h, int slot) {
+    return c->sv[l] + (((size_t)s * c->H + h) * c->W + slot) * (size_t)c->L * c->hd;
+}
+static inline const float *cand_k(const ttk_ctx *c, int l, int h, int w, int e) {
+    return c->ck[l] + (((size_t)h * c->W + w) * c->E + e) * c->hd * c->SK;
+}
+static inline const float *cand_v(const ttk_ctx *c, int l, int h, int w, int e) {
+    return c->cv[l] + (((size_t)h * c->W + w) * c->E + e) * (size_t)c->S * c->hd;
+}
+
+static void store_kv(const ttk_ctx *c, int l, int r, int w, int e, int write, int hist_len, int step_len) {
+    const int H = c->H, hd = c->hd;
+    if (write == 2) {
+        write_kv(c, r, (float *)cand_k(c, l, 0, w, e), (size_t)c->W * c->E * hd * c->SK, c->SK,
+                 (float *)cand_v(c, l, 0, w, e), (size_t)c->W * c->E * c->S * hd, step_len);
+    } else {
+        const int s = hist_len / c->L;  /* the beam's own current segment: anc[w][s] == w */
+        (void)H;
+        write_kv(c, r, (float *)seg_k(c, l, s, 0, w), (size_t)c->W * hd * c->LK, c->LK, (float *)seg_v(c, l, s, 0, w),
+                 (size_t)c->W * c->L * hd, hist_len % c->L);
+    }
+}
+
 #if TTK_AVX2
-    if ((col & 31) + 8 <= 32) { /* the 8 columns sit in one tile */
-        const float *k = kb + kidx(hd, col, 0);
-        __m256 a = _mm256_setzero_ps(), b = a;
-        int d = 0;
-        for (; d + 2 <= hd; d += 2, k += 64) {
-            a = _mm256_fmadd_ps(_mm256_broadcast_ss(q + d), _mm256_loadu_ps(k), a);
-            b = _mm256_fmadd_ps(_mm256_broadcast_ss(q + d + 1), _mm256_loadu_ps(k + 32), b);
-        }
-        for (; d < hd; d++, k += 32) a = _mm256_fmadd_ps(_mm256_broadcast_ss(q + d), _mm256_loadu_ps(k), a);
-        float t[8];
-        _mm256_storeu_ps(t, _mm256_add_ps(a, b));
-        for (int i = 0; i < ns; i++) s[i] = t[i];
+static inline v32 v32_load(const float *y) {
+    v32 r = {_mm256_loadu_ps(y), _mm256_loadu_ps(y + 8), _mm256_loadu_ps(y + 16), _mm256_loadu_ps(y + 24)};
+    return r;
+}
+#endif
+
+/* y[0..hd) (+)= sum_j p[j] v_j over n rows of v; with p1: also y1 from p1 sharing the loads. acc: add to y. */
+static inline void pv_rows(float *y0, float *y1, const float *p0, const float *p1, const float *v, int n, int hd,
+                           int acc) {
+#if TTK_AVX2
+    if (hd == 32) {
+        v32 a0 = acc ? v32_load(y0) : v32_zero(), a1 = p1 ? (acc ? v32_load(y1) : v32_zero()) : v32_zero();
+        pv32(&a0, p1 ? &a1 : NULL, p0, p1, v, n);
+        v32_store(y0, a0, 1.0f);
+        if (p1) v32_store(y1, a1, 1.0f);
         return;
     }
 #endif
-    for (int i = 0; i < ns; i++) {
-        float a = 0.0f;
-        for (int d = 0; d < hd; d++) a += q[d] * kb[kidx(hd, col + i, d)];
-        s[i] = a;
+    for (int m = 0; m < (p1 ? 2 : 1); m++) {
+        float *y = m ? y1 : y0;
+        if (!acc) memset(y, 0, sizeof(float) * hd);
+        pv_generic(y, m ? p1 : p0, v, n, hd);
     }
 }
 
-/* Attention of all rows, in pairs (r, r+1): the pair shares the prefix keys/values (and the history when both
-   rows are candidates of one beam). Scores go to two scratch rows: prefix at [0, TPP), then history [TPP, ..). */
-static void attention(const ttk_ctx *c, int l, int cur, int b, int e, int write, int hist_len, int step_len) {
-    const int H = c->H, hd = c->hd, C = c->C, T = c->T, S = c->S, ss = c->sc_stride, tp = c->tp, tpp = c->tpp;
-    const int c3 = 3 * C, n1 = hist_len + (write == 1), ns = write == 2 ? step_len + 1 : 0;
-    const float *kp = c->kp[l], *vp = c->vp[l];
-    float *hk = c->hk[cur * c->n_layer + l], *hv = c->hv[cur * c->n_layer + l];
-    for (int r = 0; r < b; r += 2) {
-        const int two = r + 1 < b;
-        const int w0 = r / e, w1 = (r + 1) / e, same = two && w0 == w1;
-        const int col0 = hist_len + (r % e) * S, col1 = hist_len + ((r + 1) % e) * S;
-        if (write) {
-            PT(2, write_row(c, hk, hv, r, w0, write == 1 ? hist_len : col0 + step_len));
-            if (two) PT(2, write_row(c, hk, hv, r + 1, w1, write == 1 ? hist_len : col1 + step_len));
-        }
-        for (int h = 0; h < H; h++) {
-            const float *q0 = c->qkv + (size_t)r * c3 + h * hd, *q1 = two ? q0 + c3 : NULL;
-            float *s0 = c->sc, *s1 = c->sc + ss;
-            const float *kph = kp + (size_t)h * hd * tpp, *vph = vp + (size_t)h * tpp * hd;
-            const float *kb0 = hk + ((size_t)h * c->W + w0) * hd * T, *kb1 = hk + ((size_t)h * c->W + w1) * hd * T;
-            const float *vb0 = hv + ((size_t)h * c->W + w0) * T * hd, *vb1 = hv + ((size_t)h * c->W + w1) * T * hd;
-            PT(3, for (int j = 0; j < tp; j += 32) scores32(kph + j, tpp, hd, q0, q1, s0 + j, two ? s1 + j : NULL));
-            PT(4, for (int j = 0; j < n1; j += 32) {
-                const size_t off = (size_t)(j >> 5) * hd * 32;
-                if (same) {
-                    scores32(kb0 + off, 32, hd, q0, q1, s0 + tpp + j, s1 + tpp + j);
-                } else {
-                    scores32(kb0 + off, 32, hd, q0, NULL, s0 + tpp + j, NULL);
-                    if (two) scores32(kb1 + off, 32, hd, q1, NULL, s1 + tpp + j, NULL);
-                }
-            });
-            if (ns) {
-                step_scores(kb0, hd, col0, ns, q0, s0 + tpp + n1);
-                if (two) step_scores(kb1, hd, col1, ns, q1, s1 + tpp + n1);
-            }
-            float i0, i1 = 0.0f;
-            PT(5, i0 = softmax2(s0, tp, tpp, n1 + ns));
-            if (two) PT(5, i1 = softmax2(s1, tp, tpp, n1 + ns));
-            float *y0 = c->y + (size_t)r * C + h * hd, *y1 = y0 + C;
-#if TTK_AVX2
-            if (hd == 32) {
-                PT(6, {
-                    v32 a0 = v32_zero(), a1 = v32_zero();
-                    pv32(&a0, two ? &a1 : NULL, s0, two ? s1 : NULL, vph, tp);
-                    if (same) {
-                        pv32(&a0, &a1, s0 + tpp, s1 + tpp, vb0, n1);
-                    } else {
-                        pv32(&a0, NULL, s0 + tpp, NULL, vb0, n1);
-                        if (two) pv32(&a1, NULL, s1 + tpp, NULL, vb1, n1);
-                    }
-                    pv32(&a0, NULL, s0 + tpp + n1, NULL, vb0 + (size_t)col0 * 32, ns);
-                    v32_store(y0, a0, i0);
-                    if (two) {
-                        pv32(&a1, NULL, s1 + tpp + n1, NULL, vb1 + (size_t)col1 * 32, ns);
-                        v32_store(y1, a1, i1);
-                    }
-                });
-                continue;
-            }
+/* Software prefetch of a block that is read next: history blocks are scattered 3-4 KiB pieces (one page or
+   less), which the hardware prefetchers only pick up after several misses. */
+static inline void prefetch(const void *p, size_t bytes) {
+#if defined(__GNUC__)
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)p + o, 0, 3);
+#else
+    (void)p; (void)bytes;
 #endif
-            for (int k = 0; k < 1 + two; k++) {
-                float *y = k ? y1 : y0, *sk = k ? s1 : s0;
-                const float *vb = k ? vb1 : vb0;
-                const float inv = k ? i1 : i0;
-                memset(y, 0, sizeof(float) * hd);
-                pv_generic(y, sk, vph, tp, hd);
-                pv_generic(y, sk + tpp, vb, n1, hd);
-                pv_generic(y, sk + tpp + n1, vb + (size_t)(k ? col1 : col0) * hd, ns, hd);
-                for (int d = 0; d < hd; d++) y[d] *= inv;
+}
+
+/* Group the beams (in ancestry order) by the segment they descend from at each history step: runs
+   (slot, first, end) of consecutive order positions; runs[n_seg * W * 3 + s] = number of runs of step s. */
+static void make_runs(const ttk_ctx *c, int nseg) {
+    int32_t *cnt = c->runs + (size_t)c->n_seg * c->W * 3;
+    for (int s = 0; s < nseg; s++) {
+        int32_t *r = c->runs + (size_t)s * c->W * 3;
+        int n = 0;
+        for (int k = 0; k < c->W; k++) {
+            const int slot = c->anc[(size_t)c->order[k] * c->n_seg + s];
+            if (n && r[(n - 1) * 3] == slot) {
+                r[(n - 1) * 3 + 2] = k + 1;
+            } else {
+                r[n * 3] = slot; r[n * 3 + 1] = k; r[n * 3 + 2] = k + 1;
+                n++;
             }
         }
+        cnt[s] = n;
     }
+}
+
+/* Tree attention. Rows are indexed k in ancestry order (row(k) = order[k / e] * e + k % e); each history
+   segment node is read once per head for all the rows below it (consecutive k), two rows per pass. Pass 1 puts
+   every row's scores in scratch (prefix at [0, TPP), history at TPP + column, own step tokens after), then a
+   softmax per row, then pass 2 accumulates the values node by node into y and scales by 1 / sum. */
+static void attention(const ttk_ctx *c, int l, int b, int e, int write, int hist_len, int step_len) {
+    const int H = c->H, hd = c->hd, C = c->C, ss = c->sc_stride, tp = c->tp, tpp = c->tpp, L = c->L;
+    const int c3 = 3 * C, n1 = hist_len + (write == 1), ns = write == 2 ? step_len + 1 : 0;
+    const int nseg = (n1 + L - 1) / L;
+    const int32_t *cnt = c->runs + (size_t)c->n_seg * c->W * 3;
+    const size_t kbytes = sizeof(float) * c->LK * hd, vbytes = sizeof(float) * (size_t)L * hd;
+#define ROW(k) (c->order[(k) / e] * e + (k) % e)
+    if (write)
+        for (int k = 0; k < b; k++) {
+            const int r = ROW(k);
+            PT(2, store_kv(c, l, r, r / e, r % e, write, hist_len, step_len));
+        }
+    for (int h = 0; h < H; h++) {
+        float *sc = c->sc + (size_t)h * b * ss, *inv = c->inv + (size_t)h * b;
+        const float *kph = c->kp[l] + (size_t)h * hd * tpp, *vph = c->vp[l] + (size_t)h * tpp * hd;
+        PT(3, for (int k = 0; k < b; k += 2) {
+            const int two = k + 1 < b;
+            const float *q0 = c->qkv + (size_t)ROW(k) * c3 + h * hd, *q1 = two ? c->qkv + (size_t)ROW(k + 1) * c3 + h * hd : NULL;
+            scores_cols(kph, tpp, hd, q0, q1, sc + (size_t)k * ss, two ? sc + (size_t)(k + 1) * ss : NULL, tp);
+        });
+        PT(4, for (int s = 0; s < nseg; s++) {
+            const int cols = n1 - s * L < L ? n1 - s * L : L, pos = tpp + s * L;
+            const int32_t *run = c->runs + (size_t)s * c->W * 3;
+            for (int i = 0; i < cnt[s]; i++, run += 3) {
+                const float *kt = seg_k(c, l, s, h, run[0]);
+                if (i + 1 < cnt[s]) prefetch(seg_k(c, l, s, h, run[3]), kbytes);
+                else if (s + 1 < nseg) prefetch(seg_k(c, l, s + 1, h, c->runs[(size_t)(s + 1) * c->W * 3]), kbytes);
+                for (int k = run[1] * e; k < run[2] * e; k += 2) {
+                    const int two = k + 1 < run[2] * e;
+                    const float *q0 = c->qkv + (size_t)ROW(k) * c3 + h * hd;
+                    const float *q1 = two ? c->qkv + (size_t)ROW(k + 1) * c3 + h * hd : NULL;
+                    scores_cols(kt, c->LK, hd, q0, q1, sc + (size_t)k * ss + pos,
+                                two ? sc + (size_t)(k + 1) * ss + pos : NULL, cols);
+                }
+            }
+        });
+        for (int k = 0; k < b; k++) {
+            float *sk = sc + (size_t)k * ss;
+            if (ns) {
+                const int r = ROW(k);
+                scores_cols(cand_k(c, l, h, r / e, r % e), c->SK, hd, c->qkv + (size_t)r * c3 + h * hd, NULL,
+                            sk + tpp + n1, NULL, ns);
+            }
+            PT(5, inv[k] = softmax2(sk, tp, tpp, n1 + ns));
+        }
+        PT(6, {
+            for (int k = 0; k < b; k += 2) { /* prefix (+ own step tokens) first: writes y */
+                const int two = k + 1 < b, r0 = ROW(k), r1 = two ? ROW(k + 1) : r0;
+                float *y0 = c->y + (size_t)r0 * C + h * hd, *y1 = c->y + (size_t)r1 * C + h * hd;
+                float *p0 = sc + (size_t)k * ss, *p1 = two ? p0 + ss : NULL;
+                pv_rows(y0, two ? y1 : NULL, p0, p1, vph, tp, hd, 0);
+                if (ns) {
+                    pv_rows(y0, NULL, p0 + tpp + n1, NULL, cand_v(c, l, h, r0 / e, r0 % e), ns, hd, 1);
+                    if (two) pv_rows(y1, NULL, p1 + tpp + n1, NULL, cand_v(c, l, h, r1 / e, r1 % e), ns, hd, 1);
+                }
+            }
+            for (int s = 0; s < nseg; s++) {
+                const int cols = n1 - s * L < L ? n1 - s * L : L, pos = tpp + s * L;
+                const int32_t *run = c->runs + (size_t)s * c->W * 3;
+                for (int i = 0; i < cnt[s]; i++, run += 3) {
+                    const float *vt = seg_v(c, l, s, h, run[0]);
+                    if (i + 1 < cnt[s]) prefetch(seg_v(c, l, s, h, run[3]), vbytes);
+                    else if (s + 1 < nseg) prefetch(seg_v(c, l, s + 1, h, c->runs[(size_t)(s + 1) * c->W * 3]), vbytes);
+                    for (int k = run[1] * e; k < run[2] * e; k += 2) {
+                        const int two = k + 1 < run[2] * e;
+                        float *y0 = c->y + (size_t)ROW(k) * C + h * hd;
+                        float *y1 = two ? c->y + (size_t)ROW(k + 1) * C + h * hd : NULL;
+                        pv_rows(y0, y1, sc + (size_t)k * ss + pos, two ? sc + (size_t)(k + 1) * ss + pos : NULL, vt,
+                                cols, hd, 1);
+                    }
+                }
+            }
+            for (int k = 0; k < b; k++) {
+                float *y = c->y + (size_t)ROW(k) * C + h * hd;
+                for (int d = 0; d < hd; d++) y[d] *= inv[k];
+            }
+        });
+    }
+#undef ROW
 }
 
 /* One decoder step: bins (b,) of dimension pos % D at trajectory position pos -> logits (b, n_bins + 1).
    write: 0 query only, 1 history column hist_len, 2 step token step_len of each candidate. */
 void ttk_step(const ttk_ctx *c, const int64_t *bins, int b, int e, int pos, int write, int hist_len, int step_len,
-              int cur, float *logits) {
+              float *logits) {
     const int C = c->C, F = c->F, d = pos % c->D;
     for (int r = 0; r < b; r++) {
         const float *t = c->tok + ((size_t)d * c->n_bins + bins[r]) * C, *p = c->pos + (size_t)pos * C;
         float *x = c->x + (size_t)r * C;
         for (int i = 0; i < C; i++) x[i] = t[i] + p[i];
     }
+    make_runs(c, (hist_len + (write == 1) + c->L - 1) / c->L);
     for (int l = 0; l < c->n_layer; l++) {
         const float *const *p = c->lw + (size_t)l * 12;
         PT(0, layer_norm(c->x, c->ln, b, C, p[0], p[1], c->eps));
         PT(1, fill_rows(c->qkv, p[3], b, 3 * C));
         PT(1, gemm(c, b, 3 * C, C, c->ln, C, p[2], 3 * C, 1.0f, c->qkv, 3 * C));
-        attention(c, l, cur, b, e, write, hist_len, step_len);
+        attention(c, l, b, e, write, hist_len, step_len);
         PT(8, gemm(c, b, C, C, c->y, C, p[4], C, 1.0f, c->x, C));
         PT(0, add_rows(c->x, p[5], b, C));
         PT(0, layer_norm(c->x, c->ln, b, C, p[6], p[7], c->eps));
@@ -466,28 +561,19 @@ void ttk_step(const ttk_ctx *c, const int64_t *bins, int b, int e, int pos, int 
     PT(10, gemm(c, b, c->n1b, C, c->ln, C, c->head + (size_t)d * C * c->n1b, c->n1b, 0.0f, logits, c->n1b));
 }
 
-/* After selection: new beam i (buffer dst) = history of beam parent[i] (first hist_len columns of src)
-   followed by the step_len step tokens of candidate winners[i] = parent[i] * E + e. */
-void ttk_merge(const ttk_ctx *c, const int64_t *parent, const int64_t *winners, int n_beams, int hist_len,
-               int step_len, int src, int dst) {
-    const int H = c->H, hd = c->hd, T = c->T, W = c->W, E = c->E, S = c->S;
-    const int tiles = (hist_len + 31) / 32; /* whole tiles, the last one partly filled */
+/* After selection at planning step t = hist_len / L: segment t of new beam i starts with the step tokens of
+   candidate winners[i] (its parent's ancestry is copied by the caller into anc). */
+void ttk_merge(const ttk_ctx *c, const int64_t *winners, int n_beams, int hist_len, int step_len) {
+    const int H = c->H, hd = c->hd, E = c->E, t = hist_len / c->L;
     for (int l = 0; l < c->n_layer; l++) {
-        const float *sk = c->hk[src * c->n_layer + l], *sv = c->hv[src * c->n_layer + l];
-        float *dk = c->hk[dst * c->n_layer + l], *dv = c->hv[dst * c->n_layer + l];
         for (int h = 0; h < H; h++) {
             for (int i = 0; i < n_beams; i++) {
-                const int pw = (int)parent[i], ei = (int)(winners[i] % E);
-                const float *kb = sk + ((size_t)h * W + pw) * hd * T;
-                float *kd = dk + ((size_t)h * W + i) * hd * T;
-                memcpy(kd, kb, sizeof(float) * (size_t)tiles * hd * 32);
-                for (int j = 0; j < step_len; j++)
-                    for (int d = 0; d < hd; d++) kd[kidx(hd, hist_len + j, d)] = kb[kidx(hd, hist_len + ei * S + j, d)];
-                const float *vb = sv + ((size_t)h * W + pw) * T * hd;
-                float *vd = dv + ((size_t)h * W + i) * T * hd;
-                memcpy(vd, vb, sizeof(float) * (size_t)hist_len * hd);
-                memcpy(vd + (size_t)hist_len * hd, vb + (size_t)(hist_len + ei * S) * hd,
-                       sizeof(float) * (size_t)step_len * hd);
+                const int w = (int)(winners[i] / E), e = (int)(winners[i] % E);
+                float *kd = (float *)seg_k(c, l, t, h, i);
+                const float *ks = cand_k(c, l, h, w, e);
+                for (int d = 0; d < hd; d++)
+                    memcpy(kd + (size_t)d * c->LK, ks + (size_t)d * c->SK, sizeof(float) * step_len);
+                memcpy((float *)seg_v(c, l, t, h, i), cand_v(c, l, h, w, e), sizeof(float) * (size_t)step_len * hd);
             }
         }
     }

@@ -26,12 +26,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ros_seqplanner.nets.tt import PrefixState, TrajectoryTransformer
 
 SOURCE = Path(__file__).with_name("_tt_kernel.c")
-ABI_VERSION = 4
+ABI_VERSION = 7
 CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=gnu11")
 _LAYER_FIELDS = ("ln1_w", "ln1_b", "w_qkv", "b_qkv", "w_o", "b_o", "ln2_w", "ln2_b", "w_fc", "b_fc", "w_out", "b_out")
 LOAD_ERROR: str | None = None
@@ -46,8 +47,9 @@ class _Ctx(ctypes.Structure):
 
     _fields_ = [("n_layer", _i), ("C", _i), ("H", _i), ("hd", _i), ("F", _i), ("D", _i), ("n_bins", _i),
                 ("n1b", _i), ("eps", ctypes.c_float), ("lw", _p), ("lnf_w", _p), ("lnf_b", _p), ("tok", _p),
-                ("pos", _p), ("head", _p), ("kp", _p), ("vp", _p), ("tp", _i), ("tpp", _i), ("hk", _p), ("hv", _p),
-                ("W", _i), ("E", _i), ("T", _i), ("S", _i), ("x", _p), ("ln", _p), ("qkv", _p), ("y", _p),
+                ("pos", _p), ("head", _p), ("kp", _p), ("vp", _p), ("tp", _i), ("tpp", _i), ("sk", _p), ("sv", _p),
+                ("ck", _p), ("cv", _p), ("anc", _p), ("order", _p), ("runs", _p), ("inv", _p), ("W", _i), ("E", _i), ("S", _i), ("L", _i),
+                ("LK", _i), ("SK", _i), ("n_seg", _i), ("x", _p), ("ln", _p), ("qkv", _p), ("y", _p),
                 ("ff", _p), ("sc", _p), ("sc_stride", _i), ("sgemm", _p)]
 
 
@@ -124,9 +126,9 @@ def load_kernel() -> ctypes.CDLL | None:
     if lib.ttk_abi_version() != ABI_VERSION or lib.ttk_ctx_size() != ctypes.sizeof(_Ctx):
         LOAD_ERROR = "C kernel ABI mismatch (stale build?)"
         return None
-    lib.ttk_step.argtypes = [_p, _p, _i, _i, _i, _i, _i, _i, _i, _p]
+    lib.ttk_step.argtypes = [_p, _p, _i, _i, _i, _i, _i, _i, _p]
     lib.ttk_step.restype = None
-    lib.ttk_merge.argtypes = [_p, _p, _p, _i, _i, _i, _i, _i]
+    lib.ttk_merge.argtypes = [_p, _p, _i, _i, _i]
     lib.ttk_merge.restype = None
     _LIB = lib
     return lib
@@ -138,10 +140,15 @@ def _round_up(n: int, m: int) -> int:
 
 class CBeamDecoder:
     """Drop-in for :class:`~ros_seqplanner.planning.engine.BeamDecoder` (dynamic CPU fp32 mode) that runs
-    each token through ``ttk_step``. Buffers: prefix K (L, H, hd, TPP) / V (L, H, TPP, hd), zero padded;
-    history K (L, H, W, T/32, hd, 32) / V (L, H, W, T, hd), two ping-pong copies; keys stored transposed so the
-    per-beam score loop vectorises over columns, in tiles of 32 columns ((T/32, hd, 32) per beam and head) so
-    each tile is one contiguous 4 KiB read."""
+    each token through ``ttk_step``.
+
+    Prefix K (layers, H, hd, TPP) / V (layers, H, TPP, hd), zero padded, shared by every row. The beams' history
+    is kept as a **tree** instead of one copy per beam: each planning step stores one segment (its action/reward
+    tokens + the next observation's, L = D - 1 columns) per surviving beam, and ``anc[w, s]`` says which
+    segment of step s beam w descends from. Selection then copies only the winners' step tokens (no history
+    reorder), and the kernel visits beams in ancestry order (``order``), so a segment that several beams share
+    is read from memory once for all of them: the per-token cost scales with the distinct tree nodes, not with
+    beams x history. Keys are stored transposed, (hd, L) per segment, so the score loops vectorise over columns."""
 
     def __init__(self, model: TrajectoryTransformer, lib: ctypes.CDLL | None = None) -> None:
         lib = lib or load_kernel()
@@ -215,35 +222,44 @@ class CBeamDecoder:
             self.vp[li, :, :tp].copy_(v[0].index_select(1, idx))
             self.vp[li, :, tp:].zero_()
         self.ctx.tp = tp
+        if self._shape is not None:
+            self.order[:] = np.arange(self.order.shape[0], dtype=np.int32)  # a new plan: no ancestry yet
 
     def allocate(self, beams: int, expand: int, max_hist: int, max_step: int) -> None:
-        """History buffers for ``beams`` rows: ``max_hist`` columns + a step region of ``expand * max_step``
-        (no-op if the shapes are unchanged)."""
+        """Segment storage for ``beams`` beams and up to ``max_hist`` history columns, candidate buffers for
+        ``expand * beams`` candidates of ``max_step`` step tokens (no-op if the shapes are unchanged)."""
         shape = (beams, expand, max_hist, max_step)
         if shape == self._shape:
             return
-        nl, h, hd, b = self.cfg.n_layer, self.H, self.hd, beams * expand
-        t = _round_up(max_hist + expand * max_step + 8, 32)
-        slack = 64  # the vector loops may read up to 32 columns past the last one
-        n = nl * h * beams * hd * t
-        self._hk = [torch.zeros(n + slack) for _ in range(2)]
-        self._hv = [torch.zeros(n + slack) for _ in range(2)]
-        per = h * beams * hd * t
-        self._hk_ptrs = (ctypes.c_void_p * (2 * nl))(*[self._hk[i].data_ptr() + 4 * li * per
-                                                       for i in range(2) for li in range(nl)])
-        self._hv_ptrs = (ctypes.c_void_p * (2 * nl))(*[self._hv[i].data_ptr() + 4 * li * per
-                                                       for i in range(2) for li in range(nl)])
-        ss = self.tpp_max + _round_up(max_hist + 1, 32) + max_step + 8  # one row's scores: prefix, history, step
+        seg = self.D - 1  # columns a finished planning step adds: actions + reward + next observation
+        if max_step > seg:
+            raise ValueError(f"{max_step} step tokens per planning step do not fit a segment of {seg}")
+        nl, h, hd = self.cfg.n_layer, self.H, self.hd
+        lk, sk = _round_up(seg, 8), _round_up(max_step, 8)  # key row strides (score loops read 8 columns at a time)
+        n_seg = -(-max_hist // seg) + 1
+        self._sk = torch.zeros(nl, n_seg, h, beams, hd, lk)
+        self._sv = torch.zeros(nl, n_seg, h, beams, seg, hd)
+        self._ck = torch.zeros(nl, h, beams, expand, hd, sk)
+        self._cv = torch.zeros(nl, h, beams, expand, max_step, hd)
+        self._ptrs = [(ctypes.c_void_p * nl)(*[x[i].data_ptr() for i in range(nl)])
+                      for x in (self._sk, self._sv, self._ck, self._cv)]
+        self.anc = np.zeros((beams, n_seg), dtype=np.int32)
+        self.order = np.arange(beams, dtype=np.int32)
+        self._runs = np.zeros(n_seg * beams * 3 + n_seg, dtype=np.int32)
+        self.seg_len = seg
+        ss = self.tpp_max + _round_up(max_hist + 1, 32) + 64  # a row's scores: prefix, history, step tokens
+        b = beams * expand
         self._scratch = {"x": torch.zeros(b, self.C), "ln": torch.zeros(b, self.C), "qkv": torch.zeros(b, 3 * self.C),
-                         "y": torch.zeros(b, self.C), "ff": torch.zeros(b, self.F), "sc": torch.zeros(2 * ss)}
+                         "y": torch.zeros(b, self.C), "ff": torch.zeros(b, self.F), "sc": torch.zeros(h * b * ss),
+                         "inv": torch.zeros(h * b)}
         c = self.ctx
-        c.hk, c.hv = ctypes.cast(self._hk_ptrs, ctypes.c_void_p), ctypes.cast(self._hv_ptrs, ctypes.c_void_p)
-        c.W, c.E, c.T, c.S = beams, expand, t, max_step
+        c.sk, c.sv, c.ck, c.cv = (ctypes.cast(p, ctypes.c_void_p) for p in self._ptrs)
+        c.anc, c.order, c.runs = self.anc.ctypes.data, self.order.ctypes.data, self._runs.ctypes.data
+        c.W, c.E, c.S, c.L, c.LK, c.SK, c.n_seg = beams, expand, max_step, seg, lk, sk, n_seg
         for k, v in self._scratch.items():
             setattr(c, k, v.data_ptr())
         c.sc_stride = ss
         self._shape = shape
-        self.cur = 0
 
     @torch.inference_mode()
     def step(self, bins: torch.Tensor, pos: int, expand: int, hist_len: int, step_len: int,
@@ -257,15 +273,20 @@ class CBeamDecoder:
             raise ValueError("step outside the allocated shapes")
         out = torch.empty(b, self.N + 1)
         mode = {None: 0, "hist": 1, "step": 2}[write]
-        self.lib.ttk_step(self._ctx_p, bins.data_ptr(), b, expand, pos, mode, hist_len, step_len, self.cur,
-                          out.data_ptr())
+        self.lib.ttk_step(self._ctx_p, bins.data_ptr(), b, expand, pos, mode, hist_len, step_len, out.data_ptr())
         return out
 
     @torch.inference_mode()
     def merge(self, parent: torch.Tensor, winners: torch.Tensor, hist_len: int, step_len: int) -> None:
-        """New beam i = history of ``parent[i]`` + the step tokens of candidate ``winners[i]`` (other buffer)."""
-        parent, winners = parent.contiguous().long(), winners.contiguous().long()
-        dst = 1 - self.cur
-        self.lib.ttk_merge(self._ctx_p, parent.data_ptr(), winners.data_ptr(), parent.shape[0], hist_len, step_len,
-                           self.cur, dst)
-        self.cur = dst
+        """After selection at the planning step ending at ``hist_len``: beam i continues the ancestry of
+        ``parent[i]`` and its new segment starts with the step tokens of candidate ``winners[i]``."""
+        t = hist_len // self.seg_len
+        if hist_len % self.seg_len or step_len != self._shape[3]:
+            raise ValueError("merge expects whole planning steps")
+        par = parent.cpu().numpy()
+        if t:
+            self.anc[:, :t] = self.anc[par, :t]
+        self.anc[:, t] = np.arange(self.anc.shape[0], dtype=np.int32)
+        self.order[:] = np.lexsort(self.anc[:, t::-1].T)  # ancestry order: anc[:, 0] is the primary key
+        winners = winners.contiguous().long()
+        self.lib.ttk_merge(self._ctx_p, winners.data_ptr(), winners.shape[0], hist_len, step_len)
