@@ -9,7 +9,8 @@ import torch
 
 from ros_seqplanner.nets.discretizer import Discretizer
 from ros_seqplanner.nets.tt import TrajectoryTransformer, TTConfig
-from ros_seqplanner.planning.beam import BeamPlanner, PlannerConfig, plan_flops
+from ros_seqplanner.planning import ckernel
+from ros_seqplanner.planning.beam import BeamPlanner, PlannerConfig, make_decoder, plan_flops
 from ros_seqplanner.planning.sampling import expectation, filter_mask, greedy_bins, sample_bins, token_logp
 
 
@@ -67,9 +68,9 @@ def reference_plan(model, disc, cfg: PlannerConfig, prefix: torch.Tensor, genera
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-def make_model(seed: int, obs_dim=3, act_dim=2, n_bins=12, goal=False, max_transitions=6, sharpen=8.0):
+def make_model(seed: int, obs_dim=3, act_dim=2, n_bins=12, goal=False, max_transitions=6, sharpen=8.0, n_embd=16):
     torch.manual_seed(seed)
-    mc = TTConfig(obs_dim=obs_dim, act_dim=act_dim, n_bins=n_bins, n_layer=2, n_head=2, n_embd=16,
+    mc = TTConfig(obs_dim=obs_dim, act_dim=act_dim, n_bins=n_bins, n_layer=2, n_head=2, n_embd=n_embd,
                   dropout=0.0, max_transitions=max_transitions, goal_conditioned=goal)
     model = TrajectoryTransformer(mc).eval()
     with torch.no_grad():  # random init is near-uniform; sharpen so that beams and filters matter
@@ -89,7 +90,10 @@ def random_prefix(mc: TTConfig, n_ctx: int, seed: int) -> torch.Tensor:
 
 CASES = [
     # (mode, planner overrides, model seed, context transitions); "static": static-shape decoder path;
-    # "eager": decoder blocks run eagerly instead of through the TorchScript'ed function
+    # "eager": torch decoder with its blocks run eagerly instead of through the TorchScript'ed function;
+    # "kernel": decoder ("auto" = the fused C step where it builds); "embd": model width (64 -> head dim 32,
+    # the C kernel's AVX2 fast path; 16 -> head dim 8, its generic path); "obs"/"act": model dims (obs 30 +
+    # act 4 -> 35-column history segments, more than one 32-column score chunk)
     ("reward", {}, 0, 2),
     ("reward", {"static": True}, 0, 3),
     ("imitation", {"static": True}, 9, 1),
@@ -105,20 +109,33 @@ CASES = [
     ("reward", {"eager": True}, 13, 2),
     ("imitation", {"static": True, "eager": True, "n_expand": 3}, 14, 1),
     ("reward", {"n_expand": 1}, 15, 2),
+    ("reward", {"kernel": "torch"}, 0, 2),
+    ("imitation", {"kernel": "torch", "n_expand": 3}, 5, 1),
+    ("reward", {"embd": 64}, 16, 3),
+    ("imitation", {"embd": 64, "n_expand": 3}, 17, 2),
+    ("goal", {"embd": 64}, 18, 1),
+    ("reward", {"embd": 64, "n_expand": 1, "beam_width": 5}, 19, 2),
+    ("reward", {"obs": 30, "act": 4}, 20, 1),
+    ("reward", {"obs": 30, "act": 4, "embd": 64, "kernel": "torch"}, 20, 1),
 ]
 
 
 @pytest.mark.parametrize(("mode", "overrides", "seed", "n_ctx"), CASES)
 def test_cached_planner_equals_full_recompute(mode, overrides, seed, n_ctx):
-    model, disc = make_model(seed, goal=mode == "goal")
-    mc = model.cfg
     overrides = dict(overrides)
+    dims = {"obs_dim": overrides.pop("obs", 3), "act_dim": overrides.pop("act", 2)}
+    model, disc = make_model(seed, goal=mode == "goal", n_embd=overrides.pop("embd", 16), **dims)
+    mc = model.cfg
     static = overrides.pop("static", False)
     eager = overrides.pop("eager", False)
+    kernel = overrides.pop("kernel", "torch" if static or eager else "auto")
     kw = {"horizon": 3, "beam_width": 4, "n_expand": 2, "max_context_transitions": 3, "mode": mode, **overrides}
     cfg = PlannerConfig(**kw)
-    planner = BeamPlanner(model, disc, cfg, static=static)
-    planner.decoder.jit = not eager
+    planner = BeamPlanner(model, disc, cfg, static=static, kernel=kernel)
+    if kernel == "auto" and ckernel.load_kernel() is not None:
+        assert planner.kernel == "c"
+    if planner.kernel == "torch":
+        planner.decoder.jit = not eager
     goal = None
     if mode == "goal":
         goal = torch.randint(0, mc.n_bins, (mc.obs_dim,)) + mc.n_bins * torch.arange(mc.obs_dim)
@@ -196,6 +213,37 @@ def test_goal_changes_the_plan():
     plans = [planner.plan(prefix, torch.Generator().manual_seed(0), torch.full((mc.obs_dim,), g) + offs).tokens
              for g in (0, mc.n_bins - 1)]
     assert not np.array_equal(plans[0], plans[1])
+
+
+def test_c_kernel_builds_where_a_compiler_exists():
+    if ckernel._compiler() is None or ckernel.sgemm_address() is None:
+        pytest.skip("no C compiler or no exported sgemm in this torch build: the torch decoder is used")
+    assert ckernel.load_kernel() is not None, ckernel.LOAD_ERROR
+    assert ckernel.build().is_file()
+
+
+def test_kernel_choice_and_fallback(monkeypatch):
+    model, disc = make_model(0)
+    cfg = PlannerConfig(horizon=2, beam_width=3)
+    with pytest.raises(ValueError, match="kernel must be"):
+        make_decoder(model, None, False, None, "fast")
+    with pytest.raises(ValueError, match="CPU float32"):
+        BeamPlanner(model, disc, cfg, static=True, kernel="c")
+    assert BeamPlanner(model, disc, cfg, kernel="torch").kernel == "torch"
+    # the kernel unavailable (no compiler, or disabled): "auto" falls back to torch, "c" says why
+    monkeypatch.setattr(ckernel, "_TRIED", False)
+    monkeypatch.setattr(ckernel, "_LIB", None)
+    monkeypatch.setenv("SEQPLANNER_KERNEL", "torch")
+    assert BeamPlanner(model, disc, cfg).kernel == "torch"
+    with pytest.raises(RuntimeError, match="SEQPLANNER_KERNEL"):
+        BeamPlanner(model, disc, cfg, kernel="c")
+
+
+def test_c_kernel_build_failure_is_reported(monkeypatch, tmp_path):
+    monkeypatch.setenv("SEQPLANNER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with pytest.raises((RuntimeError, OSError)):
+        ckernel.build(force=True)
 
 
 def test_flop_count_grows_with_beam_and_horizon():

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-bins", type=int, default=100)
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                         help="decoder dtype; auto = bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--kernel", default="auto", choices=["auto", "c", "torch"],
+                        help="decoder: fused C step (CPU fp32), torch ops, or auto (C where it applies)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(args.dtype)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    planner = BeamPlanner(model, disc, cfg, dtype=dtype)
+    planner = BeamPlanner(model, disc, cfg, dtype=dtype, kernel=args.kernel)
     mcfg = model.cfg
     d, n = mcfg.transition_dim, mcfg.n_bins
     n_ctx = planner.context_transitions
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         "benchmark": "plan", "preset": args.preset, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
         or platform.machine(),
-        "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", ""), "kernel": planner.kernel,
         "p50_ms": float(np.percentile(ts, 50)), "p99_ms": float(np.percentile(ts, 99)),
         "mean_ms": float(ts.mean()), "min_ms": float(ts.min()), "plans": len(times),
         # CPU time of this process per plan: less sensitive than wall time to other jobs on a shared box.
@@ -115,5 +117,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{args.preset} on {device} ({out['threads']} thread(s), {out['dtype']}): p50 {out['p50_ms']:.1f} ms, "
               f"p99 {out['p99_ms']:.1f} ms over {len(times)} plans; {out['decode_steps']} decode steps, "
-              f"{gflop:.2f} GFLOP/plan; load {out['loadavg_1m']:.2f}")
+              f"{gflop:.2f} GFLOP/plan; {out['kernel']} decoder; load {out['loadavg_1m']:.2f}")
     return 0

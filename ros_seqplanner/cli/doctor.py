@@ -42,6 +42,19 @@ def _torch_info() -> dict[str, Any]:
     return info
 
 
+def _kernel_info() -> dict[str, Any]:
+    """Whether the fused C decoder step (CPU TT planning) builds and loads here (builds it once if needed)."""
+    try:
+        from ros_seqplanner.planning import ckernel
+
+        lib = ckernel.load_kernel()
+    except Exception as e:  # torch missing etc.
+        return {"ok": False, "error": str(e)}
+    if lib is None:
+        return {"ok": False, "error": ckernel.LOAD_ERROR}
+    return {"ok": True, "avx2": bool(lib.ttk_has_avx2()), "path": str(ckernel.build())}
+
+
 def _ros_info() -> dict[str, Any]:
     from ros_seqplanner.rosenv import ros_env_summary
 
@@ -80,6 +93,7 @@ def collect() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "torch": _torch_info(),
+        "tt_kernel": _kernel_info(),
         "ros": _ros_info(),
         "mujoco": _version("mujoco"),
         "gymnasium": _version("gymnasium"),
@@ -95,6 +109,9 @@ def _problems(r: dict[str, Any]) -> list[str]:
     out = []
     if not r["torch"].get("ok"):
         out.append("torch is missing: run `make setup` (installs torch==2.13.0, the CPU build)")
+    if r["torch"].get("ok") and not r["tt_kernel"].get("ok"):
+        out.append(f"the fused C planner kernel is unavailable ({r['tt_kernel'].get('error')}): TT planning on CPU "
+                   "falls back to the ~1.7x slower torch decoder (needs a C compiler: apt-get install gcc)")
     if not r["ros"].get("rclpy"):
         out.append("rclpy does not import: run `make setup` (installs the ros-* wheels) or source your ROS 2 install")
     env = r["ros"]["env"]
@@ -122,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         (f"torch        {t['version']}, device {t['default_device']}"
          + (f" ({', '.join(t.get('devices', []))})" if t.get("devices") else " (no CUDA)")
          + f", {t['threads']} threads") if t.get("ok") else f"torch        MISSING ({t.get('error')})",
+        ("tt kernel    ok (fused C decoder step" + (", AVX2" if report["tt_kernel"].get("avx2") else ", generic C")
+         + ")" if report["tt_kernel"].get("ok") else f"tt kernel    unavailable ({report['tt_kernel'].get('error')})"),
         (f"rclpy        ok, RMW {ros['rmw']}, {ros['distro']}" if ros.get("rclpy")
          else f"rclpy        MISSING ({ros.get('rclpy_error')})"),
         "launch_ros   " + ("present" if ros["launch_ros"] else

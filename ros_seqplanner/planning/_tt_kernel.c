@@ -283,7 +283,8 @@ static void scores_cols(const float *k, size_t ld, int hd, const float *q0, cons
         case 1: scores_v(k + j, ld, hd, q0, q1, s0 + j, q1 ? s1 + j : NULL, 1); break;
         case 2: scores_v(k + j, ld, hd, q0, q1, s0 + j, q1 ? s1 + j : NULL, 2); break;
         case 3: scores_v(k + j, ld, hd, q0, q1, s0 + j, q1 ? s1 + j : NULL, 3); break;
-        default: break;
+        case 4: scores_v(k + j, ld, hd, q0, q1, s0 + j, q1 ? s1 + j : NULL, 4); break;
+        default: break; /* nothing left */
     }
 #else
     for (int j = 0; j < n; j++) {

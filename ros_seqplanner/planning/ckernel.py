@@ -48,9 +48,9 @@ class _Ctx(ctypes.Structure):
     _fields_ = [("n_layer", _i), ("C", _i), ("H", _i), ("hd", _i), ("F", _i), ("D", _i), ("n_bins", _i),
                 ("n1b", _i), ("eps", ctypes.c_float), ("lw", _p), ("lnf_w", _p), ("lnf_b", _p), ("tok", _p),
                 ("pos", _p), ("head", _p), ("kp", _p), ("vp", _p), ("tp", _i), ("tpp", _i), ("sk", _p), ("sv", _p),
-                ("ck", _p), ("cv", _p), ("anc", _p), ("order", _p), ("runs", _p), ("inv", _p), ("W", _i), ("E", _i), ("S", _i), ("L", _i),
-                ("LK", _i), ("SK", _i), ("n_seg", _i), ("x", _p), ("ln", _p), ("qkv", _p), ("y", _p),
-                ("ff", _p), ("sc", _p), ("sc_stride", _i), ("sgemm", _p)]
+                ("ck", _p), ("cv", _p), ("anc", _p), ("order", _p), ("runs", _p), ("inv", _p), ("W", _i),
+                ("E", _i), ("S", _i), ("L", _i), ("LK", _i), ("SK", _i), ("n_seg", _i), ("x", _p), ("ln", _p),
+                ("qkv", _p), ("y", _p), ("ff", _p), ("sc", _p), ("sc_stride", _i), ("sgemm", _p)]
 
 
 def cache_dir() -> Path:
