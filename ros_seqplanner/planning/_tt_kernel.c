@@ -199,23 +199,23 @@ static void gelu_inplace(float *x, size_t n) { /* exact GELU: 0.5 x (1 + erf(x /
     for (; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
 }
 
-/* softmax numerators over s[0..n0) and s[off..off+n1) in place (two runs of one row); returns 1 / sum.
-   The caller scales the attention output by it (one multiply per output element, not per probability). */
-static float softmax2(float *s, int n0, int off, int n1) {
-    float m = -INFINITY;
-    for (int k = 0; k < 2; k++) {
-        float *p = k ? s + off : s;
-        int n = k ? n1 : n0, i = 0;
+/* max(m, s[0..n)): row maxima are taken right after each block of scores is written (still in L1) */
+static inline float vmax(const float *s, int n, float m) {
+    int i = 0;
 #if TTK_AVX2
-        if (n >= 8) {
-            __m256 mv = _mm256_set1_ps(-INFINITY);
-            for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(p + i));
-            float hm = hmax256(mv);
-            m = hm > m ? hm : m;
-        }
-#endif
-        for (; i < n; i++) m = p[i] > m ? p[i] : m;
+    if (n >= 8) {
+        __m256 mv = _mm256_set1_ps(m);
+        for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(s + i));
+        m = hmax256(mv);
     }
+#endif
+    for (; i < n; i++) m = s[i] > m ? s[i] : m;
+    return m;
+}
+
+/* softmax numerators exp(s - m) over s[0..n0) and s[off..off+n1) in place (two runs of one row, m their max);
+   returns 1 / sum. The caller scales the attention output by it (one multiply per output element). */
+static float softmax2(float *s, int n0, int off, int n1, float m) {
     float sum = 0.0f;
     for (int k = 0; k < 2; k++) {
         float *p = k ? s + off : s;
@@ -427,6 +427,10 @@ static inline void prefetch(const void *p, size_t bytes) {
 #endif
 }
 
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+#define ROWBLOCK 64 /* rows whose scores are kept at once (64 x ~600 floats: L2-resident) */
+
 /* Group the beams (in ancestry order) by the segment they descend from at each history step: runs
    (slot, first, end) of consecutive order positions; runs[n_seg * W * 3 + s] = number of runs of step s. */
 static void make_runs(const ttk_ctx *c, int nseg) {
@@ -464,70 +468,84 @@ static void attention(const ttk_ctx *c, int l, int b, int e, int write, int hist
             PT(2, store_kv(c, l, r, r / e, r % e, write, hist_len, step_len));
         }
     for (int h = 0; h < H; h++) {
-        float *sc = c->sc + (size_t)h * b * ss, *inv = c->inv + (size_t)h * b;
+        float *sc = c->sc, *inv = c->inv + (size_t)h * b;
         const float *kph = c->kp[l] + (size_t)h * hd * tpp, *vph = c->vp[l] + (size_t)h * tpp * hd;
-        PT(3, for (int k = 0; k < b; k += 2) {
-            const int two = k + 1 < b;
-            const float *q0 = c->qkv + (size_t)ROW(k) * c3 + h * hd, *q1 = two ? c->qkv + (size_t)ROW(k + 1) * c3 + h * hd : NULL;
-            scores_cols(kph, tpp, hd, q0, q1, sc + (size_t)k * ss, two ? sc + (size_t)(k + 1) * ss : NULL, tp);
-        });
-        PT(4, for (int s = 0; s < nseg; s++) {
-            const int cols = n1 - s * L < L ? n1 - s * L : L, pos = tpp + s * L;
-            const int32_t *run = c->runs + (size_t)s * c->W * 3;
-            for (int i = 0; i < cnt[s]; i++, run += 3) {
-                const float *kt = seg_k(c, l, s, h, run[0]);
-                if (i + 1 < cnt[s]) prefetch(seg_k(c, l, s, h, run[3]), kbytes);
-                else if (s + 1 < nseg) prefetch(seg_k(c, l, s + 1, h, c->runs[(size_t)(s + 1) * c->W * 3]), kbytes);
-                for (int k = run[1] * e; k < run[2] * e; k += 2) {
-                    const int two = k + 1 < run[2] * e;
-                    const float *q0 = c->qkv + (size_t)ROW(k) * c3 + h * hd;
-                    const float *q1 = two ? c->qkv + (size_t)ROW(k + 1) * c3 + h * hd : NULL;
-                    scores_cols(kt, c->LK, hd, q0, q1, sc + (size_t)k * ss + pos,
-                                two ? sc + (size_t)(k + 1) * ss + pos : NULL, cols);
-                }
-            }
-        });
-        for (int k = 0; k < b; k++) {
-            float *sk = sc + (size_t)k * ss;
-            if (ns) {
-                const int r = ROW(k);
-                scores_cols(cand_k(c, l, h, r / e, r % e), c->SK, hd, c->qkv + (size_t)r * c3 + h * hd, NULL,
-                            sk + tpp + n1, NULL, ns);
-            }
-            PT(5, inv[k] = softmax2(sk, tp, tpp, n1 + ns));
-        }
-        PT(6, {
-            for (int k = 0; k < b; k += 2) { /* prefix (+ own step tokens) first: writes y */
-                const int two = k + 1 < b, r0 = ROW(k), r1 = two ? ROW(k + 1) : r0;
-                float *y0 = c->y + (size_t)r0 * C + h * hd, *y1 = c->y + (size_t)r1 * C + h * hd;
-                float *p0 = sc + (size_t)k * ss, *p1 = two ? p0 + ss : NULL;
-                pv_rows(y0, two ? y1 : NULL, p0, p1, vph, tp, hd, 0);
-                if (ns) {
-                    pv_rows(y0, NULL, p0 + tpp + n1, NULL, cand_v(c, l, h, r0 / e, r0 % e), ns, hd, 1);
-                    if (two) pv_rows(y1, NULL, p1 + tpp + n1, NULL, cand_v(c, l, h, r1 / e, r1 % e), ns, hd, 1);
-                }
-            }
-            for (int s = 0; s < nseg; s++) {
+        for (int k0 = 0; k0 < b; k0 += ROWBLOCK) { /* row blocks keep a block's scores in L2 */
+            const int k1 = MIN(b, k0 + ROWBLOCK);
+            PT(3, for (int k = k0; k < k1; k += 2) {
+                const int two = k + 1 < k1;
+                const float *q0 = c->qkv + (size_t)ROW(k) * c3 + h * hd;
+                const float *q1 = two ? c->qkv + (size_t)ROW(k + 1) * c3 + h * hd : NULL;
+                scores_cols(kph, tpp, hd, q0, q1, sc + (size_t)(k - k0) * ss,
+                            two ? sc + (size_t)(k + 1 - k0) * ss : NULL, tp);
+                inv[k] = vmax(sc + (size_t)(k - k0) * ss, tp, -INFINITY); /* running row max until the softmax */
+                if (two) inv[k + 1] = vmax(sc + (size_t)(k + 1 - k0) * ss, tp, -INFINITY);
+            });
+            PT(4, for (int s = 0; s < nseg; s++) {
                 const int cols = n1 - s * L < L ? n1 - s * L : L, pos = tpp + s * L;
                 const int32_t *run = c->runs + (size_t)s * c->W * 3;
                 for (int i = 0; i < cnt[s]; i++, run += 3) {
-                    const float *vt = seg_v(c, l, s, h, run[0]);
-                    if (i + 1 < cnt[s]) prefetch(seg_v(c, l, s, h, run[3]), vbytes);
-                    else if (s + 1 < nseg) prefetch(seg_v(c, l, s + 1, h, c->runs[(size_t)(s + 1) * c->W * 3]), vbytes);
-                    for (int k = run[1] * e; k < run[2] * e; k += 2) {
-                        const int two = k + 1 < run[2] * e;
-                        float *y0 = c->y + (size_t)ROW(k) * C + h * hd;
-                        float *y1 = two ? c->y + (size_t)ROW(k + 1) * C + h * hd : NULL;
-                        pv_rows(y0, y1, sc + (size_t)k * ss + pos, two ? sc + (size_t)(k + 1) * ss + pos : NULL, vt,
-                                cols, hd, 1);
+                    if (run[2] * e <= k0 || run[1] * e >= k1) continue; /* no row of this block below the node */
+                    const float *kt = seg_k(c, l, s, h, run[0]);
+                    if (i + 1 < cnt[s]) prefetch(seg_k(c, l, s, h, run[3]), kbytes);
+                    else if (s + 1 < nseg)
+                        prefetch(seg_k(c, l, s + 1, h, c->runs[(size_t)(s + 1) * c->W * 3]), kbytes);
+                    for (int k = MAX(run[1] * e, k0), kz = MIN(run[2] * e, k1); k < kz; k += 2) {
+                        const int two = k + 1 < kz;
+                        const float *q0 = c->qkv + (size_t)ROW(k) * c3 + h * hd;
+                        const float *q1 = two ? c->qkv + (size_t)ROW(k + 1) * c3 + h * hd : NULL;
+                        scores_cols(kt, c->LK, hd, q0, q1, sc + (size_t)(k - k0) * ss + pos,
+                                    two ? sc + (size_t)(k + 1 - k0) * ss + pos : NULL, cols);
+                        inv[k] = vmax(sc + (size_t)(k - k0) * ss + pos, cols, inv[k]);
+                        if (two) inv[k + 1] = vmax(sc + (size_t)(k + 1 - k0) * ss + pos, cols, inv[k + 1]);
                     }
                 }
+            });
+            for (int k = k0; k < k1; k++) {
+                float *sk = sc + (size_t)(k - k0) * ss;
+                if (ns) {
+                    const int r = ROW(k);
+                    scores_cols(cand_k(c, l, h, r / e, r % e), c->SK, hd, c->qkv + (size_t)r * c3 + h * hd, NULL,
+                                sk + tpp + n1, NULL, ns);
+                    inv[k] = vmax(sk + tpp + n1, ns, inv[k]);
+                }
+                PT(5, inv[k] = softmax2(sk, tp, tpp, n1 + ns, inv[k]));
             }
-            for (int k = 0; k < b; k++) {
-                float *y = c->y + (size_t)ROW(k) * C + h * hd;
-                for (int d = 0; d < hd; d++) y[d] *= inv[k];
-            }
-        });
+            PT(6, {
+                for (int k = k0; k < k1; k += 2) { /* prefix (+ own step tokens) first: writes y */
+                    const int two = k + 1 < k1, r0 = ROW(k), r1 = two ? ROW(k + 1) : r0;
+                    float *y0 = c->y + (size_t)r0 * C + h * hd, *y1 = c->y + (size_t)r1 * C + h * hd;
+                    float *p0 = sc + (size_t)(k - k0) * ss, *p1 = two ? p0 + ss : NULL;
+                    pv_rows(y0, two ? y1 : NULL, p0, p1, vph, tp, hd, 0);
+                    if (ns) {
+                        pv_rows(y0, NULL, p0 + tpp + n1, NULL, cand_v(c, l, h, r0 / e, r0 % e), ns, hd, 1);
+                        if (two) pv_rows(y1, NULL, p1 + tpp + n1, NULL, cand_v(c, l, h, r1 / e, r1 % e), ns, hd, 1);
+                    }
+                }
+                for (int s = 0; s < nseg; s++) {
+                    const int cols = n1 - s * L < L ? n1 - s * L : L, pos = tpp + s * L;
+                    const int32_t *run = c->runs + (size_t)s * c->W * 3;
+                    for (int i = 0; i < cnt[s]; i++, run += 3) {
+                        if (run[2] * e <= k0 || run[1] * e >= k1) continue;
+                        const float *vt = seg_v(c, l, s, h, run[0]);
+                        if (i + 1 < cnt[s]) prefetch(seg_v(c, l, s, h, run[3]), vbytes);
+                        else if (s + 1 < nseg)
+                            prefetch(seg_v(c, l, s + 1, h, c->runs[(size_t)(s + 1) * c->W * 3]), vbytes);
+                        for (int k = MAX(run[1] * e, k0), kz = MIN(run[2] * e, k1); k < kz; k += 2) {
+                            const int two = k + 1 < kz;
+                            float *y0 = c->y + (size_t)ROW(k) * C + h * hd;
+                            float *y1 = two ? c->y + (size_t)ROW(k + 1) * C + h * hd : NULL;
+                            pv_rows(y0, y1, sc + (size_t)(k - k0) * ss + pos, two ? sc + (size_t)(k + 1 - k0) * ss + pos : NULL, vt,
+                                    cols, hd, 1);
+                        }
+                    }
+                }
+                for (int k = k0; k < k1; k++) {
+                    float *y = c->y + (size_t)ROW(k) * C + h * hd;
+                    for (int d = 0; d < hd; d++) y[d] *= inv[k];
+                }
+            });
+        }
     }
 #undef ROW
 }
