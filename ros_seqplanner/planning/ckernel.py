@@ -86,7 +86,15 @@ def build(force: bool = False) -> Path:
     out = cache_dir() / f"tt_kernel_{key}.so"
     if out.is_file() and not force:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK):
+            raise PermissionError(out.parent)
+    except OSError:  # e.g. a service account without a writable home: build in the temp dir instead
+        out = Path(tempfile.gettempdir()) / f"ros_seqplanner-{os.getuid()}" / out.name
+        if out.is_file() and not force:
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         so = Path(tmp) / out.name
         res = subprocess.run([cc, *CFLAGS, "-o", str(so), str(SOURCE), "-lm"], capture_output=True, text=True,
