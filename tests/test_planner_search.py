@@ -307,3 +307,42 @@ def test_expectation_greedy_and_logp():
     assert expectation(logits, mids).item() == pytest.approx(float(p[:3] @ mids))  # stop dropped, not renormalised
     assert greedy_bins(logits).item() == 1  # stop class never chosen
     assert token_logp(logits, torch.tensor([2])).item() == pytest.approx(float(p[2].log()))
+
+
+@pytest.mark.parametrize("n_embd", [16, 64])
+def test_c_decoder_logits_match_torch_decoder(n_embd):
+    """Token by token through one planning step and the next observation (write modes step / None / hist,
+    a merge in between): the C decoder's logits equal the torch decoder's to float rounding."""
+    if ckernel.load_kernel() is None:
+        pytest.skip(ckernel.LOAD_ERROR or "C kernel unavailable")
+    from ros_seqplanner.planning.engine import BeamDecoder
+
+    model, _ = make_model(3, n_embd=n_embd, sharpen=2.0)
+    mc = model.cfg
+    o, a, d = mc.obs_dim, mc.act_dim, mc.transition_dim
+    w, e = 3, 2
+    prefix = random_prefix(mc, 2, 5)
+    decs = [BeamDecoder(model), ckernel.CBeamDecoder(model)]
+    g = torch.Generator().manual_seed(0)
+    rand = [torch.randint(0, mc.n_bins, (w * e,), generator=g) for _ in range(a + 1)]
+    obs = [torch.randint(0, mc.n_bins, (w,), generator=g) for _ in range(o)]
+    parent, winners = torch.tensor([2, 0, 2]), torch.tensor([5, 0, 4])
+    outs: list[list[torch.Tensor]] = [[], []]
+    with torch.inference_mode():
+        pre = model.prefill(prefix.unsqueeze(0))
+        for dec, out in zip(decs, outs):
+            dec.set_prefix(pre)
+            dec.allocate(w, e, 2 * (d - 1), a + 1)
+            dec.cur = 0
+            pos = prefix.numel()
+            for j in range(a + 1):  # actions + reward of W*E candidates
+                out.append(dec.step(rand[j], pos, e, 0, j, "step"))
+                pos += 1
+            dec.merge(parent, winners, 0, a + 1)
+            out.append(dec.step(torch.zeros(w, dtype=torch.long), pos, 1, a + 1, 0, None))  # value: query only
+            pos += 1
+            for k in range(o):
+                out.append(dec.step(obs[k], pos, 1, a + 1 + k, 0, "hist"))
+                pos += 1
+    for x, y in zip(*outs):
+        torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-5)
