@@ -76,24 +76,64 @@ class ObservationLayout:
                          name_map: dict[str, str] | None = None) -> tuple[np.ndarray | None, str]:
         """(observation float32 (dim,), "") or (None, reason). Joints may come in any order;
         ``name_map`` renames incoming joints to the layout's names. Never raises."""
-        name_map = name_map or {}
-        names = [name_map.get(n, n) for n in names]
         if len(positions) != len(names):
             return None, f"JointState has {len(names)} names but {len(positions)} positions"
-        needs_vel = any(k == "vel" for k, _ in self.entries)
-        if needs_vel and len(velocities) != len(names):
+        if self.needs_velocities and len(velocities) != len(names):
             return None, f"JointState has {len(names)} names but {len(velocities)} velocities (needed)"
-        index = {n: i for i, n in enumerate(names)}
+        gather, reason = self.gather(names, name_map)
+        if gather is None:
+            return None, reason
+        return gather.apply(positions, velocities)
+
+    @property
+    def needs_velocities(self) -> bool:
+        return any(k == "vel" for k, _ in self.entries)
+
+    def gather(self, names: Sequence[str], name_map: dict[str, str] | None = None) -> tuple[JointGather | None, str]:
+        """The precomputed mapping for messages whose joints come in the order ``names`` (after
+        ``name_map``), or (None, reason) if joints the layout needs are missing. A repeated name maps
+        to its last occurrence."""
+        name_map = name_map or {}
+        mapped = [name_map.get(n, n) for n in names]
+        index = {n: i for i, n in enumerate(mapped)}
         missing = [j for j in self.joints if j not in index]
         if missing:
-            return None, f"JointState lacks joints {missing} (has {list(names)})"
+            return None, f"JointState lacks joints {missing} (has {list(mapped)})"
+        slots = {kind: [k for k, (kd, _) in enumerate(self.entries) if kd == kind] for kind in ("pos", "vel")}
+        src = {kind: [index[self.entries[k][1]] for k in slots[kind]] for kind in ("pos", "vel")}
+        as_idx = lambda xs: np.asarray(xs, dtype=np.intp)  # noqa: E731
+        return JointGather(len(mapped), self.dim, as_idx(slots["pos"]), as_idx(src["pos"]), as_idx(slots["vel"]),
+                           as_idx(src["vel"]), self.vel_clip), ""
+
+
+@dataclass(frozen=True, eq=False)
+class JointGather:
+    """One incoming joint order mapped onto a layout as fancy-index gathers: the planner node builds it
+    once per name order and applies it to every message (no per-message dict or Python loop)."""
+
+    n_names: int
+    dim: int
+    pos_slots: np.ndarray  # observation indices filled from positions ...
+    pos_index: np.ndarray  # ... taken from these message indices
+    vel_slots: np.ndarray
+    vel_index: np.ndarray
+    vel_clip: float | None = None
+
+    def apply(self, positions: Sequence[float], velocities: Sequence[float]) -> tuple[np.ndarray | None, str]:
+        """(observation float32 (dim,), "") or (None, reason) for one message in this order. Never raises."""
+        n = self.n_names
+        if len(positions) != n:
+            return None, f"JointState has {n} names but {len(positions)} positions"
         obs = np.empty(self.dim, dtype=np.float64)
-        for k, (kind, joint) in enumerate(self.entries):
-            obs[k] = (positions if kind == "pos" else velocities)[index[joint]]
-        if self.vel_clip is not None:
-            vel = np.array([kind == "vel" for kind, _ in self.entries])
-            obs[vel] = np.clip(obs[vel], -self.vel_clip, self.vel_clip)
-        if not np.all(np.isfinite(obs)):
+        obs[self.pos_slots] = np.asarray(positions, dtype=np.float64)[self.pos_index]
+        if self.vel_slots.size:
+            if len(velocities) != n:
+                return None, f"JointState has {n} names but {len(velocities)} velocities (needed)"
+            vel = np.asarray(velocities, dtype=np.float64)[self.vel_index]
+            if self.vel_clip is not None:
+                vel = np.clip(vel, -self.vel_clip, self.vel_clip)
+            obs[self.vel_slots] = vel
+        if not np.isfinite(obs).all():
             return None, "JointState contains NaN/Inf"
         return obs.astype(np.float32), ""
 

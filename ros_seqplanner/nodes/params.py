@@ -51,6 +51,10 @@ PLANNER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("reward_wait_ms", 20.0, "how long planning waits for the reward that pairs with a new state "
               "(only while the reward topic has a publisher)",
               range=(0.0, 1000.0), read_only=False),
+    ParamSpec("inline_plan_max_ms", 5.0, "publish_on=new_state: plan directly in the state callback (no hand-off "
+              "to the planning thread) while the recent plans took at most this long; slower policies plan in "
+              "the planning thread so state intake never waits on them (0 = always the planning thread)",
+              range=(0.0, 1000.0), read_only=False),
     ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics", range=(0.05, 60.0)),
     ParamSpec("autostart", False, "configure and activate on startup (main() only)"),
     # topics and message types

@@ -7,16 +7,21 @@ Data path (see docs / ARCHITECTURE.md)::
 
 Threading: subscription callbacks only validate and store the latest message; planning runs in its own
 thread (woken by an event) so a slow plan never blocks state intake; a command timer at the control
-rate publishes from the current plan (``publish_on: tick``) or, for lockstep simulation, the planning
-thread publishes each fresh plan at once (``publish_on: new_state``) and the timer only handles stale
-state and deadline misses. Every command goes through :class:`~ros_seqplanner.policies.safety.SafetyFilter`
-whose final guard makes it finite and within bounds. One lock (``_cmd_lock``) orders all publishes.
+rate publishes from the current plan (``publish_on: tick``) or, for lockstep simulation, each fresh plan
+is published at once (``publish_on: new_state``) and the timer only handles stale state and deadline
+misses. With ``new_state`` and a cheap policy (recent plans <= ``inline_plan_max_ms``) the state
+callback plans itself instead of waking the planning thread: the thread hand-off (wake-up + GIL
+hand-over) was most of the node's own latency. ``_plan_lock`` keeps it to one plan at a time.
+Spin the node with a MultiThreadedExecutor (the callback groups then run in parallel). Every command
+goes through :class:`~ros_seqplanner.policies.safety.SafetyFilter` whose final guard makes it finite and
+within bounds. One lock (``_cmd_lock``) orders all publishes.
 
 Lifecycle (style of ros2/demos lifecycle_py): entities are ``Optional`` and created in on_configure.
 """
 
 from __future__ import annotations
 
+import array
 import collections
 import contextlib
 import json
@@ -43,6 +48,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray, MultiArrayDimension, String
 
 from ros_seqplanner.nodes.obs_layout import (
+    JointGather,
     LayoutError,
     ObservationLayout,
     actuated_joints,
@@ -59,9 +65,13 @@ STATE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=Rel
 COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
 EVENT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
-# The planning thread must get the GIL promptly when a state arrives; CPython's default 5 ms switch
-# interval would add up to 5 ms whenever an executor thread is running Python code at that moment.
-GIL_SWITCH_INTERVAL_S = 0.0005
+# CPython's switch interval: how long a thread waiting for the GIL waits before forcing the holder to drop
+# it. The default 5 ms would delay the planning thread's wake-up (and e-stop / timer callbacks behind a
+# planning thread running Python) by up to 5 ms. Too short hurts as well: the state callback's path holds
+# the GIL ~0.2-0.4 ms (executor take + callback + publish) while the executor's own thread wants it to
+# rebuild its wait set; at 0.5 ms that path was forced to hand the GIL over mid-way often enough to set the
+# node-overhead p99 (0.6-2.2 ms vs 0.3-0.4 ms at 1 ms, `seqplanner bench node`, see BENCHMARKS.md).
+GIL_SWITCH_INTERVAL_S = 0.001
 
 # Entities created/destroyed by lifecycle transitions get no QoS event handlers: rclpy adds those to
 # the executor's wait set as waitables without the InvalidHandle guard it has for subscriptions and
@@ -125,17 +135,34 @@ def _plan_from_policy(policy: Any, action: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 class LatencyStats:
-    """Ring buffer of recent latencies (ms) with percentiles; thread-safe enough for appends."""
+    """Ring buffer of the recent latencies (ms) with percentiles. One writer at a time (the planning
+    path); readers may run concurrently. A preallocated array, so ``add`` allocates nothing and the
+    diagnostics' percentiles hold the GIL for tens of microseconds, not hundreds."""
 
     def __init__(self, maxlen: int = 10000) -> None:
-        self.samples: collections.deque[float] = collections.deque(maxlen=maxlen)
+        self._buf = np.zeros(maxlen, dtype=np.float64)
+        self._n = 0  # samples ever added
 
     def add(self, ms: float) -> None:
-        self.samples.append(float(ms))
+        self._buf[self._n % self._buf.size] = ms
+        self._n += 1
+
+    def values(self) -> np.ndarray:
+        """The retained samples (unordered once the ring has wrapped)."""
+        return self._buf[:min(self._n, self._buf.size)]
+
+    @property
+    def samples(self) -> list[float]:
+        """The retained samples, oldest first."""
+        n, size = self._n, self._buf.size
+        if n <= size:
+            return self._buf[:n].tolist()
+        i = n % size
+        return np.concatenate([self._buf[i:], self._buf[:i]]).tolist()
 
     def percentile(self, q: float) -> float:
-        s = list(self.samples)
-        return float(np.percentile(s, q)) if s else float("nan")
+        v = self.values()
+        return float(np.percentile(v, q)) if v.size else float("nan")
 
 
 class PlannerNode(LifecycleNode):
@@ -162,11 +189,22 @@ class PlannerNode(LifecycleNode):
         self._plan_pub: Any | None = None
         self._diag_pub: Any | None = None
         self._subs: list[Any] = []
+        self._reward_sub: Any | None = None
         self._timers: list[Any] = []
         self._planning_thread: threading.Thread | None = None
+        self._cmd_msg = Float64MultiArray()  # reused for every command (publishes are serialised by _cmd_lock)
+        # JointState adapter cache: the gather for the last incoming joint-name order (state callback only).
+        self._gather: JointGather | None = None
+        self._gather_names: list[str] | None = None
+        # Policy.act times of the last plans (written under _plan_lock) and their max, read lock-free by
+        # the state callback to decide whether to plan inline.
+        self._recent_act_ms: collections.deque[float] = collections.deque(maxlen=16)
+        self._slowest_recent_ms = float("inf")
         # Shared state (guarded by _state_lock / _cmd_lock).
         self._state_lock = threading.Lock()
         self._cmd_lock = threading.RLock()
+        self._reward_cv = threading.Condition(self._state_lock)  # signalled by each accepted reward
+        self._plan_lock = threading.Lock()  # one Policy.act at a time: planning thread or inline in the callback
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._active = False
@@ -280,9 +318,14 @@ class PlannerNode(LifecycleNode):
             raise ValueError(f"{len(names)} command joints {names} but the model has {self.policy.act_dim} actions")
         self.command_joint_names = names
         self._safety = SafetyFilter(self._safety_config())
+        self._gather, self._gather_names = None, None
+        self._recent_act_ms.clear()
+        self._slowest_recent_ms = float("inf")  # unknown cost: the planning thread until a plan was timed
         if self.p("warmup"):
             self.policy.reset(**self._episode_options())
+            t0 = time.perf_counter()
             self.policy.act(np.zeros(self.policy.obs_dim, np.float32), None)
+            self._note_act_time((time.perf_counter() - t0) * 1000.0)
         self._create_entities()
 
     def _make_layout(self) -> ObservationLayout:
@@ -313,13 +356,17 @@ class PlannerNode(LifecycleNode):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10, event_callbacks=NO_PUB_EVENTS)
         state_cb = self._on_joint_state if self.p("state_type") == "joint_state" else self._on_array_state
         state_type = JointState if self.p("state_type") == "joint_state" else Float64MultiArray
-        subs = ((state_type, "state_topic", state_cb, STATE_QOS, "state"),
+        # Creation order is the executor's dispatch order when several are ready at once: e-stop first, and
+        # the reward before the state it pairs with (lockstep publishes it first), so that the state's plan
+        # rarely has to wait for it.
+        subs = ((Bool, "estop_topic", self._on_estop, EVENT_QOS, "estop"),
                 (Float64, "reward_topic", self._on_reward, EVENT_QOS, "inputs"),
                 (Float64MultiArray, "goal_topic", self._on_goal, EVENT_QOS, "inputs"),
                 (String, "episode_events_topic", self._on_event, EVENT_QOS, "inputs"),
-                (Bool, "estop_topic", self._on_estop, EVENT_QOS, "estop"))
+                (state_type, "state_topic", state_cb, STATE_QOS, "state"))
         self._subs = [self.create_subscription(t, self.p(topic), cb, qos, callback_group=groups[g],
                                                event_callbacks=NO_SUB_EVENTS) for t, topic, cb, qos, g in subs]
+        self._reward_sub = self._subs[1]
         self._timers = [
             self.create_timer(1.0 / self.p("control_rate_hz"), self._on_tick, callback_group=groups["timer"]),
             self.create_timer(self.p("diagnostics_period_s"), self.publish_diagnostics, callback_group=groups["diag"]),
@@ -380,8 +427,14 @@ class PlannerNode(LifecycleNode):
         if self._planning_thread is not None:
             self._planning_thread.join(timeout=10.0)
             self._planning_thread = None
-        self._destroy_entities()
-        policy, self.policy = self.policy, None
+        # A plan running inline in the state callback finishes before the entities and the policy go.
+        locked = self._plan_lock.acquire(timeout=10.0)
+        try:
+            self._destroy_entities()
+            policy, self.policy = self.policy, None
+        finally:
+            if locked:
+                self._plan_lock.release()
         if policy is not None and str(self.p("device")).startswith("cuda"):
             del policy
             with contextlib.suppress(Exception):
@@ -394,7 +447,7 @@ class PlannerNode(LifecycleNode):
             self.destroy_timer(t)
         for s in self._subs:
             self.destroy_subscription(s)
-        self._timers, self._subs = [], []
+        self._timers, self._subs, self._reward_sub = [], [], None
         for pub in (self._cmd_pub, self._plan_pub):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
@@ -412,6 +465,7 @@ class PlannerNode(LifecycleNode):
 
     # ------------------------------------------------------------------ callbacks: store only
     def _store_state(self, obs: np.ndarray | None, reason: str, t: float) -> None:
+        """Store an accepted state and hand it to planning (see :meth:`_hand_off`)."""
         if obs is None:
             self.counters["rejected_states"] += 1
             self.last_reject = reason
@@ -420,7 +474,39 @@ class PlannerNode(LifecycleNode):
         with self._state_lock:
             self._obs, self._obs_t, self._last_state_t = obs, t, t
             self._obs_seq += 1
+        self._hand_off()
+
+    def _plan_inline(self) -> bool:
+        """Plan in the state callback itself (no thread hand-off)? Only with ``publish_on: new_state``
+        and while the slowest of the recent plans took at most ``inline_plan_max_ms``: a cheap policy's
+        command then goes out without waking the planning thread, whose wake-up and GIL hand-over cost
+        more than the rest of the path (~0.3 ms p50, ~0.7 ms p99 on the dev box). A slow policy keeps
+        planning in its thread, so state intake (heart-beats, staleness, rejections) never waits on it."""
+        limit = self.p("inline_plan_max_ms")
+        if limit <= 0 or self.p("publish_on") != "new_state" or self._slowest_recent_ms > limit:
+            return False
+        # The reward that pairs with the state arrives through another callback: waiting for it inside
+        # the state callback needs an executor that runs callbacks in parallel.
+        return isinstance(self.executor, MultiThreadedExecutor)
+
+    def _hand_off(self) -> None:
+        """Plan the new state inline when cheap and no plan is running, else wake the planning thread."""
+        if self._plan_inline() and self._plan_lock.acquire(blocking=False):
+            try:
+                if self._should_plan():
+                    self._plan_once()
+            finally:
+                self._plan_lock.release()
+            return
         self._wake.set()
+
+    def _note_act_time(self, ms: float) -> None:
+        self._recent_act_ms.append(ms)
+        self._slowest_recent_ms = max(self._recent_act_ms)
+
+    def _should_plan(self) -> bool:
+        with self._state_lock:
+            return self._active and self._obs is not None and self._obs_seq != self._planned_seq
 
     def _on_joint_state(self, msg: JointState) -> None:
         t = time.perf_counter()
@@ -435,10 +521,17 @@ class PlannerNode(LifecycleNode):
                 self._last_state_t = t
             return
         self._last_stamp = stamp
-        obs, reason = self._layout.from_joint_state(list(msg.name), list(msg.position), list(msg.velocity),
-                                                    self._name_map)
-        if obs is not None:
-            obs, reason = validate_state(obs, self.policy.obs_dim)
+        # Fast path: the name -> index mapping is built once per incoming joint order (robots send a fixed
+        # order) and applied as numpy gathers. Its result has the layout's size, which on_configure
+        # matched to the policy's obs_dim, and is checked finite: validate_state's checks, already done.
+        names = msg.name
+        if self._gather is None or names != self._gather_names:
+            gather, reason = self._layout.gather(names, self._name_map)
+            if gather is None:
+                self._store_state(None, reason, t)
+                return
+            self._gather, self._gather_names = gather, list(names)
+        obs, reason = self._gather.apply(msg.position, msg.velocity)
         self._store_state(obs, reason, t)
 
     def _on_array_state(self, msg: Float64MultiArray) -> None:
@@ -452,9 +545,10 @@ class PlannerNode(LifecycleNode):
         if not np.isfinite(msg.data):
             self.counters["rejected_rewards"] += 1
             return
-        with self._state_lock:
+        with self._reward_cv:
             self._reward = float(msg.data)
             self._reward_count += 1
+            self._reward_cv.notify_all()
 
     def _on_goal(self, msg: Float64MultiArray) -> None:
         goal = np.asarray(msg.data, np.float32)
@@ -492,10 +586,9 @@ class PlannerNode(LifecycleNode):
             self._wake.clear()
             if self._stop.is_set():
                 break
-            with self._state_lock:
-                if not self._active or self._obs is None or self._obs_seq == self._planned_seq:
-                    continue
-            self._plan_once()
+            with self._plan_lock:
+                if self._should_plan():
+                    self._plan_once()
 
     def _wait_for_reward(self) -> float | None:
         """The reward paired with the newest state: None on an episode's first step; otherwise wait up
@@ -504,18 +597,19 @@ class PlannerNode(LifecycleNode):
         has no publisher (a robot without a reward signal; the policy then gets None or the last one)."""
         if self._episode_steps == 0:
             return None
-        if self._subs and self._subs[1].get_publisher_count() == 0:  # nobody publishes rewards: don't wait
+        sub = self._reward_sub
+        if sub is not None and sub.get_publisher_count() == 0:  # nobody publishes rewards: don't wait
             return self._reward
         deadline = time.perf_counter() + self.p("reward_wait_ms") / 1000.0
-        while True:
-            with self._state_lock:
-                if self._reward_count > self._reward_count_at_plan:
-                    self._reward_count_at_plan = self._reward_count
-                    return self._reward
-            if time.perf_counter() >= deadline:
-                self.counters["missing_rewards"] += 1
-                return 0.0 if self._reward is None else self._reward
-            time.sleep(0.0002)
+        with self._reward_cv:  # woken by _on_reward the moment the reward is stored (no polling delay)
+            while self._reward_count <= self._reward_count_at_plan:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    self.counters["missing_rewards"] += 1
+                    return 0.0 if self._reward is None else self._reward
+                self._reward_cv.wait(left)
+            self._reward_count_at_plan = self._reward_count
+            return self._reward
 
     def _plan_once(self) -> None:
         with self._state_lock:
@@ -557,6 +651,7 @@ class PlannerNode(LifecycleNode):
             return
         act_ms = (time.perf_counter() - t0) * 1000.0
         self.plan_latency.add(act_ms)
+        self._note_act_time(act_ms)
         self._episode_steps += 1
         self.last_error = ""
         with self._cmd_lock:
@@ -626,7 +721,9 @@ class PlannerNode(LifecycleNode):
         cmd = self._safety.guard(command)
         if self._cmd_pub is None:
             return
-        self._cmd_pub.publish(Float64MultiArray(data=cmd.tolist()))
+        msg = self._cmd_msg  # rclpy serialises on publish(), so one message object can be refilled each time
+        msg.data = array.array("d", cmd.tobytes())
+        self._cmd_pub.publish(msg)
         self.counters["commands"] += 1
         self.counters["cmd_" + why] += 1
         self.last_command = cmd
@@ -639,7 +736,7 @@ class PlannerNode(LifecycleNode):
         obs = plan.observations if plan.observations is not None and len(plan.observations) == len(acts) \
             else np.zeros((len(acts), 0))
         rows = np.concatenate([acts, obs], axis=1)
-        msg = Float64MultiArray(data=rows.reshape(-1).tolist())
+        msg = Float64MultiArray(data=array.array("d", np.ascontiguousarray(rows, np.float64).tobytes()))
         msg.layout.dim = [
             MultiArrayDimension(label="step", size=rows.shape[0], stride=rows.size),
             MultiArrayDimension(label=f"action[{acts.shape[1]}]|observation[{obs.shape[1]}]", size=rows.shape[1],
