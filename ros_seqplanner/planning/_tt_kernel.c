@@ -58,6 +58,7 @@ typedef struct {
     float *const *sk, *const *sv, *const *ck, *const *cv; /* n_layer each */
     const int32_t *anc, *order;               /* anc (W, n_seg), order (W,) */
     int32_t *runs;                            /* scratch (n_seg, W, 3) + (n_seg,) run counts */
+    int32_t *nodes;                           /* scratch (n_seg * W, 4): one row block's nodes */
     float *inv;                               /* scratch (H, W * E) */
     int W, E, S, L, LK, SK, n_seg;           /* LK / SK: key row strides (L / S rounded up to 8) */
     float *x, *ln, *qkv, *y, *ff, *sc;
@@ -65,7 +66,7 @@ typedef struct {
     sgemm_fn sgemm;
 } ttk_ctx;
 
-int ttk_abi_version(void) { return 7; }
+int ttk_abi_version(void) { return 8; }
 int ttk_has_avx2(void) { return TTK_AVX2; }
 int ttk_ctx_size(void) { return (int)sizeof(ttk_ctx); }
 
@@ -451,58 +452,77 @@ static void make_runs(const ttk_ctx *c, int nseg) {
     }
 }
 
-/* Tree attention. Rows are indexed k in ancestry order (row(k) = order[k / e] * e + k % e); each history
-   segment node is read once per head for all the rows below it (consecutive k), two rows per pass. Pass 1 puts
-   every row's scores in scratch (prefix at [0, TPP), history at TPP + column, own step tokens after), then a
-   softmax per row, then pass 2 accumulates the values node by node into y and scales by 1 / sum. */
+/* The history nodes the rows [k0, k1) (ancestry order) descend from, in visiting order: step s ascending, then
+   runs: (s, slot, first row, end row) with the row range clipped to the block. Returns their number. */
+static int block_nodes(const ttk_ctx *c, int nseg, int e, int k0, int k1, int32_t *nodes) {
+    const int32_t *cnt = c->runs + (size_t)c->n_seg * c->W * 3;
+    int n = 0;
+    for (int s = 0; s < nseg; s++) {
+        const int32_t *run = c->runs + (size_t)s * c->W * 3;
+        for (int i = 0; i < cnt[s]; i++, run += 3) {
+            const int ka = MAX(run[1] * e, k0), kz = MIN(run[2] * e, k1);
+            if (ka >= kz) continue;
+            nodes[n * 4] = s; nodes[n * 4 + 1] = run[0]; nodes[n * 4 + 2] = ka; nodes[n * 4 + 3] = kz;
+            n++;
+        }
+    }
+    return n;
+}
+
+#define PREFETCH_AHEAD 3 /* nodes: a node's compute (~0.1-1 us) is shorter than a DRAM round trip per block */
+
+/* Tree attention. Rows are indexed k in ancestry order (row(k) = order[k / e] * e + k % e), in blocks of
+   ROWBLOCK rows (a block's scores stay in L2). Each history segment node is read once per head for all the
+   block's rows below it, two rows per pass, the next nodes prefetched. Pass 1 puts every row's scores in
+   scratch (prefix at [0, TPP), history at TPP + column, own step tokens after) and tracks the row maxima; then
+   one exp pass per row; pass 2 accumulates the values node by node into y and scales by 1 / sum. */
 static void attention(const ttk_ctx *c, int l, int b, int e, int write, int hist_len, int step_len) {
     const int H = c->H, hd = c->hd, C = c->C, ss = c->sc_stride, tp = c->tp, tpp = c->tpp, L = c->L;
     const int c3 = 3 * C, n1 = hist_len + (write == 1), ns = write == 2 ? step_len + 1 : 0;
     const int nseg = (n1 + L - 1) / L;
-    const int32_t *cnt = c->runs + (size_t)c->n_seg * c->W * 3;
     const size_t kbytes = sizeof(float) * c->LK * hd, vbytes = sizeof(float) * (size_t)L * hd;
+    int32_t *nodes = c->nodes;
 #define ROW(k) (c->order[(k) / e] * e + (k) % e)
+#define SC(k) (c->sc + (size_t)((k) - k0) * ss)
     if (write)
         for (int k = 0; k < b; k++) {
             const int r = ROW(k);
             PT(2, store_kv(c, l, r, r / e, r % e, write, hist_len, step_len));
         }
-    for (int h = 0; h < H; h++) {
-        float *sc = c->sc, *inv = c->inv + (size_t)h * b;
-        const float *kph = c->kp[l] + (size_t)h * hd * tpp, *vph = c->vp[l] + (size_t)h * tpp * hd;
-        for (int k0 = 0; k0 < b; k0 += ROWBLOCK) { /* row blocks keep a block's scores in L2 */
-            const int k1 = MIN(b, k0 + ROWBLOCK);
+    for (int k0 = 0; k0 < b; k0 += ROWBLOCK) {
+        const int k1 = MIN(b, k0 + ROWBLOCK), nn = block_nodes(c, nseg, e, k0, k1, nodes);
+        for (int h = 0; h < H; h++) {
+            float *inv = c->inv + (size_t)h * b;
+            const float *kph = c->kp[l] + (size_t)h * hd * tpp, *vph = c->vp[l] + (size_t)h * tpp * hd;
+            for (int i = 0; i < PREFETCH_AHEAD && i < nn; i++)
+                prefetch(seg_k(c, l, nodes[i * 4], h, nodes[i * 4 + 1]), kbytes);
             PT(3, for (int k = k0; k < k1; k += 2) {
                 const int two = k + 1 < k1;
                 const float *q0 = c->qkv + (size_t)ROW(k) * c3 + h * hd;
                 const float *q1 = two ? c->qkv + (size_t)ROW(k + 1) * c3 + h * hd : NULL;
-                scores_cols(kph, tpp, hd, q0, q1, sc + (size_t)(k - k0) * ss,
-                            two ? sc + (size_t)(k + 1 - k0) * ss : NULL, tp);
-                inv[k] = vmax(sc + (size_t)(k - k0) * ss, tp, -INFINITY); /* running row max until the softmax */
-                if (two) inv[k + 1] = vmax(sc + (size_t)(k + 1 - k0) * ss, tp, -INFINITY);
+                scores_cols(kph, tpp, hd, q0, q1, SC(k), two ? SC(k + 1) : NULL, tp);
+                inv[k] = vmax(SC(k), tp, -INFINITY); /* running row max until the softmax */
+                if (two) inv[k + 1] = vmax(SC(k + 1), tp, -INFINITY);
             });
-            PT(4, for (int s = 0; s < nseg; s++) {
-                const int cols = n1 - s * L < L ? n1 - s * L : L, pos = tpp + s * L;
-                const int32_t *run = c->runs + (size_t)s * c->W * 3;
-                for (int i = 0; i < cnt[s]; i++, run += 3) {
-                    if (run[2] * e <= k0 || run[1] * e >= k1) continue; /* no row of this block below the node */
-                    const float *kt = seg_k(c, l, s, h, run[0]);
-                    if (i + 1 < cnt[s]) prefetch(seg_k(c, l, s, h, run[3]), kbytes);
-                    else if (s + 1 < nseg)
-                        prefetch(seg_k(c, l, s + 1, h, c->runs[(size_t)(s + 1) * c->W * 3]), kbytes);
-                    for (int k = MAX(run[1] * e, k0), kz = MIN(run[2] * e, k1); k < kz; k += 2) {
-                        const int two = k + 1 < kz;
-                        const float *q0 = c->qkv + (size_t)ROW(k) * c3 + h * hd;
-                        const float *q1 = two ? c->qkv + (size_t)ROW(k + 1) * c3 + h * hd : NULL;
-                        scores_cols(kt, c->LK, hd, q0, q1, sc + (size_t)(k - k0) * ss + pos,
-                                    two ? sc + (size_t)(k + 1 - k0) * ss + pos : NULL, cols);
-                        inv[k] = vmax(sc + (size_t)(k - k0) * ss + pos, cols, inv[k]);
-                        if (two) inv[k + 1] = vmax(sc + (size_t)(k + 1 - k0) * ss + pos, cols, inv[k + 1]);
-                    }
+            PT(4, for (int i = 0; i < nn; i++) {
+                const int32_t *nd = nodes + i * 4;
+                const int s = nd[0], cols = n1 - s * L < L ? n1 - s * L : L, pos = tpp + s * L;
+                if (i + PREFETCH_AHEAD < nn)
+                    prefetch(seg_k(c, l, nd[PREFETCH_AHEAD * 4], h, nd[PREFETCH_AHEAD * 4 + 1]), kbytes);
+                const float *kt = seg_k(c, l, s, h, nd[1]);
+                for (int k = nd[2]; k < nd[3]; k += 2) {
+                    const int two = k + 1 < nd[3];
+                    const float *q0 = c->qkv + (size_t)ROW(k) * c3 + h * hd;
+                    const float *q1 = two ? c->qkv + (size_t)ROW(k + 1) * c3 + h * hd : NULL;
+                    scores_cols(kt, c->LK, hd, q0, q1, SC(k) + pos, two ? SC(k + 1) + pos : NULL, cols);
+                    inv[k] = vmax(SC(k) + pos, cols, inv[k]);
+                    if (two) inv[k + 1] = vmax(SC(k + 1) + pos, cols, inv[k + 1]);
                 }
             });
+            for (int i = 0; i < PREFETCH_AHEAD && i < nn; i++)
+                prefetch(seg_v(c, l, nodes[i * 4], h, nodes[i * 4 + 1]), vbytes);
             for (int k = k0; k < k1; k++) {
-                float *sk = sc + (size_t)(k - k0) * ss;
+                float *sk = SC(k);
                 if (ns) {
                     const int r = ROW(k);
                     scores_cols(cand_k(c, l, h, r / e, r % e), c->SK, hd, c->qkv + (size_t)r * c3 + h * hd, NULL,
@@ -515,29 +535,24 @@ static void attention(const ttk_ctx *c, int l, int b, int e, int write, int hist
                 for (int k = k0; k < k1; k += 2) { /* prefix (+ own step tokens) first: writes y */
                     const int two = k + 1 < k1, r0 = ROW(k), r1 = two ? ROW(k + 1) : r0;
                     float *y0 = c->y + (size_t)r0 * C + h * hd, *y1 = c->y + (size_t)r1 * C + h * hd;
-                    float *p0 = sc + (size_t)(k - k0) * ss, *p1 = two ? p0 + ss : NULL;
+                    float *p0 = SC(k), *p1 = two ? SC(k + 1) : NULL;
                     pv_rows(y0, two ? y1 : NULL, p0, p1, vph, tp, hd, 0);
                     if (ns) {
                         pv_rows(y0, NULL, p0 + tpp + n1, NULL, cand_v(c, l, h, r0 / e, r0 % e), ns, hd, 1);
                         if (two) pv_rows(y1, NULL, p1 + tpp + n1, NULL, cand_v(c, l, h, r1 / e, r1 % e), ns, hd, 1);
                     }
                 }
-                for (int s = 0; s < nseg; s++) {
-                    const int cols = n1 - s * L < L ? n1 - s * L : L, pos = tpp + s * L;
-                    const int32_t *run = c->runs + (size_t)s * c->W * 3;
-                    for (int i = 0; i < cnt[s]; i++, run += 3) {
-                        if (run[2] * e <= k0 || run[1] * e >= k1) continue;
-                        const float *vt = seg_v(c, l, s, h, run[0]);
-                        if (i + 1 < cnt[s]) prefetch(seg_v(c, l, s, h, run[3]), vbytes);
-                        else if (s + 1 < nseg)
-                            prefetch(seg_v(c, l, s + 1, h, c->runs[(size_t)(s + 1) * c->W * 3]), vbytes);
-                        for (int k = MAX(run[1] * e, k0), kz = MIN(run[2] * e, k1); k < kz; k += 2) {
-                            const int two = k + 1 < kz;
-                            float *y0 = c->y + (size_t)ROW(k) * C + h * hd;
-                            float *y1 = two ? c->y + (size_t)ROW(k + 1) * C + h * hd : NULL;
-                            pv_rows(y0, y1, sc + (size_t)(k - k0) * ss + pos, two ? sc + (size_t)(k + 1 - k0) * ss + pos : NULL, vt,
-                                    cols, hd, 1);
-                        }
+                for (int i = 0; i < nn; i++) {
+                    const int32_t *nd = nodes + i * 4;
+                    const int s = nd[0], cols = n1 - s * L < L ? n1 - s * L : L, pos = tpp + s * L;
+                    if (i + PREFETCH_AHEAD < nn)
+                        prefetch(seg_v(c, l, nd[PREFETCH_AHEAD * 4], h, nd[PREFETCH_AHEAD * 4 + 1]), vbytes);
+                    const float *vt = seg_v(c, l, s, h, nd[1]);
+                    for (int k = nd[2]; k < nd[3]; k += 2) {
+                        const int two = k + 1 < nd[3];
+                        float *y0 = c->y + (size_t)ROW(k) * C + h * hd;
+                        float *y1 = two ? c->y + (size_t)ROW(k + 1) * C + h * hd : NULL;
+                        pv_rows(y0, y1, SC(k) + pos, two ? SC(k + 1) + pos : NULL, vt, cols, hd, 1);
                     }
                 }
                 for (int k = k0; k < k1; k++) {
@@ -547,6 +562,7 @@ static void attention(const ttk_ctx *c, int l, int b, int e, int write, int hist
             });
         }
     }
+#undef SC
 #undef ROW
 }
 

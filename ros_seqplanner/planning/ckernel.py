@@ -32,7 +32,7 @@ import torch
 from ros_seqplanner.nets.tt import PrefixState, TrajectoryTransformer
 
 SOURCE = Path(__file__).with_name("_tt_kernel.c")
-ABI_VERSION = 7
+ABI_VERSION = 8
 CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=gnu11")
 _LAYER_FIELDS = ("ln1_w", "ln1_b", "w_qkv", "b_qkv", "w_o", "b_o", "ln2_w", "ln2_b", "w_fc", "b_fc", "w_out", "b_out")
 LOAD_ERROR: str | None = None
@@ -48,7 +48,7 @@ class _Ctx(ctypes.Structure):
     _fields_ = [("n_layer", _i), ("C", _i), ("H", _i), ("hd", _i), ("F", _i), ("D", _i), ("n_bins", _i),
                 ("n1b", _i), ("eps", ctypes.c_float), ("lw", _p), ("lnf_w", _p), ("lnf_b", _p), ("tok", _p),
                 ("pos", _p), ("head", _p), ("kp", _p), ("vp", _p), ("tp", _i), ("tpp", _i), ("sk", _p), ("sv", _p),
-                ("ck", _p), ("cv", _p), ("anc", _p), ("order", _p), ("runs", _p), ("inv", _p), ("W", _i),
+                ("ck", _p), ("cv", _p), ("anc", _p), ("order", _p), ("runs", _p), ("nodes", _p), ("inv", _p), ("W", _i),
                 ("E", _i), ("S", _i), ("L", _i), ("LK", _i), ("SK", _i), ("n_seg", _i), ("x", _p), ("ln", _p),
                 ("qkv", _p), ("y", _p), ("ff", _p), ("sc", _p), ("sc_stride", _i), ("sgemm", _p)]
 
@@ -254,6 +254,7 @@ class CBeamDecoder:
         self.anc = np.zeros((beams, n_seg), dtype=np.int32)
         self.order = np.arange(beams, dtype=np.int32)
         self._runs = np.zeros(n_seg * beams * 3 + n_seg, dtype=np.int32)
+        self._nodes = np.zeros(n_seg * beams * 4, dtype=np.int32)
         self.seg_len = seg
         ss = self.tpp_max + _round_up(max_hist + 1, 32) + 64  # a row's scores: prefix, history, step tokens
         b = beams * expand
@@ -263,6 +264,7 @@ class CBeamDecoder:
         c = self.ctx
         c.sk, c.sv, c.ck, c.cv = (ctypes.cast(p, ctypes.c_void_p) for p in self._ptrs)
         c.anc, c.order, c.runs = self.anc.ctypes.data, self.order.ctypes.data, self._runs.ctypes.data
+        c.nodes = self._nodes.ctypes.data
         c.W, c.E, c.S, c.L, c.LK, c.SK, c.n_seg = beams, expand, max_step, seg, lk, sk, n_seg
         for k, v in self._scratch.items():
             setattr(c, k, v.data_ptr())
