@@ -34,6 +34,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def machine_gflops(seconds: float = 0.3) -> float:
+    """fp32 GEMM throughput of this thread right now (64 x 128 x 512, the planner's MLP shape): a yardstick
+    for comparing plan latencies taken at different times on a shared machine."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(64, 512), torch.randn(512, 128)
+    torch.mm(a, b)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        n += 1
+    return 2 * 64 * 512 * 128 * n / (time.perf_counter() - t0) / 1e9
+
+
 def run(args: argparse.Namespace) -> int:
     import time
     from dataclasses import replace
@@ -50,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     load0 = os.getloadavg()[0]
     torch.set_num_threads(max(1, args.threads))
     device = pick_device(args.device)
+    gemm0 = machine_gflops() if device.type == "cpu" else None
     cfg = get_preset(args.preset)
     if args.horizon:
         cfg = replace(cfg, horizon=args.horizon)
@@ -111,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
         "model": {"n_layer": mcfg.n_layer, "n_head": mcfg.n_head, "n_embd": mcfg.n_embd, "n_bins": n,
                   "obs_dim": obs_dim, "act_dim": act_dim, "checkpoint": args.checkpoint},
         "loadavg_1m": os.getloadavg()[0], "loadavg_start_1m": load0, "torch": torch.__version__,
+        # the same GEMM yardstick before and after the plans: how fast this (possibly shared) machine was
+        "machine_gemm_gflops": [round(gemm0, 1), round(machine_gflops(), 1)] if gemm0 is not None else None,
     }
     if args.json:
         print(json.dumps(out))
