@@ -258,14 +258,28 @@ static inline __attribute__((always_inline)) void scores_v(const float *k, size_
         if (nv > 1) _mm256_storeu_ps(s1 + 8, b1);
         if (nv > 2) _mm256_storeu_ps(s1 + 16, b2);
         if (nv > 3) _mm256_storeu_ps(s1 + 24, b3);
-    } else {
-        for (int d = 0; d < hd; d++, k += ld) {
+    } else { /* one row: even and odd d accumulate separately (twice the independent FMA chains), then add */
+        int d = 0;
+        for (; d + 2 <= hd; d += 2, k += 2 * ld) {
+            __m256 x = _mm256_broadcast_ss(q0 + d), y = _mm256_broadcast_ss(q0 + d + 1);
+            const float *k2 = k + ld;
+            a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k), a0);
+            b0 = _mm256_fmadd_ps(y, _mm256_loadu_ps(k2), b0);
+            if (nv > 1) { a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + 8), a1); b1 = _mm256_fmadd_ps(y, _mm256_loadu_ps(k2 + 8), b1); }
+            if (nv > 2) { a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + 16), a2); b2 = _mm256_fmadd_ps(y, _mm256_loadu_ps(k2 + 16), b2); }
+            if (nv > 3) { a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + 24), a3); b3 = _mm256_fmadd_ps(y, _mm256_loadu_ps(k2 + 24), b3); }
+        }
+        for (; d < hd; d++, k += ld) {
             __m256 x = _mm256_broadcast_ss(q0 + d);
             a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k), a0);
             if (nv > 1) a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + 8), a1);
             if (nv > 2) a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + 16), a2);
             if (nv > 3) a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + 24), a3);
         }
+        a0 = _mm256_add_ps(a0, b0);
+        if (nv > 1) a1 = _mm256_add_ps(a1, b1);
+        if (nv > 2) a2 = _mm256_add_ps(a2, b2);
+        if (nv > 3) a3 = _mm256_add_ps(a3, b3);
     }
     _mm256_storeu_ps(s0, a0);
     if (nv > 1) _mm256_storeu_ps(s0 + 8, a1);
