@@ -346,3 +346,27 @@ def test_c_decoder_logits_match_torch_decoder(n_embd):
                 pos += 1
     for x, y in zip(*outs):
         torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-5)
+
+
+def test_c_decoder_rejects_out_of_range_input():
+    """The C code indexes with these: out-of-range bins, positions or shapes raise instead of reading memory."""
+    if ckernel.load_kernel() is None:
+        pytest.skip(ckernel.LOAD_ERROR or "C kernel unavailable")
+    model, _ = make_model(1)
+    mc = model.cfg
+    dec = ckernel.CBeamDecoder(model)
+    with torch.inference_mode():
+        dec.set_prefix(model.prefill(random_prefix(mc, 1, 0).unsqueeze(0)))
+    dec.allocate(2, 2, 2 * (mc.transition_dim - 1), mc.act_dim + 1)
+    pos = mc.transition_dim + mc.obs_dim
+    ok = torch.zeros(4, dtype=torch.long)
+    assert dec.step(ok, pos, 2, 0, 0, "step").shape == (4, mc.n_bins + 1)
+    for bad in (torch.full((4,), mc.n_bins), torch.full((4,), -1)):
+        with pytest.raises(ValueError, match="bins"):
+            dec.step(bad, pos, 2, 0, 0, "step")
+    with pytest.raises(ValueError, match="outside"):
+        dec.step(ok, mc.block_size, 2, 0, 0, "step")  # position past the block
+    with pytest.raises(ValueError, match="outside"):
+        dec.step(torch.zeros(5, dtype=torch.long), pos, 2, 0, 0, "step")  # more rows than allocated
+    with pytest.raises(ValueError, match="merge"):
+        dec.merge(torch.tensor([0, 1]), torch.tensor([3, 2]), 0, mc.act_dim + 1)  # winner 3 is not beam 0's

@@ -279,10 +279,24 @@ class CBeamDecoder:
         if bins.dtype != torch.long:
             bins = bins.long()
         b = bins.shape[0]
-        if self._shape is None or b > self._shape[0] * self._shape[1] or not 0 <= pos < self.cfg.block_size:
-            raise ValueError("step outside the allocated shapes")
-        out = torch.empty(b, self.N + 1)
+        # Everything the C code indexes with is checked here: a bad index must be an exception, never a
+        # stray memory access in a control process.
+        if self._shape is None:
+            raise ValueError("allocate() first")
+        w, e, max_hist, s = self._shape
         mode = {None: 0, "hist": 1, "step": 2}[write]
+        n_seg = self.anc.shape[1]
+        if not (b == (w * e if mode == 2 else w) and expand == (e if mode == 2 else 1)
+                and 0 <= pos < self.cfg.block_size and 0 <= hist_len <= max_hist
+                and (hist_len + (mode == 1) + self.seg_len - 1) // self.seg_len <= n_seg
+                and (mode != 2 or 0 <= step_len < s)):
+            raise ValueError(f"step outside the allocated shapes (rows {b}, expand {expand}, pos {pos}, "
+                             f"history {hist_len}, step token {step_len}, allocated {self._shape})")
+        if b:
+            lo, hi = torch.aminmax(bins)
+            if int(lo) < 0 or int(hi) >= self.N:
+                raise ValueError(f"bins must be in [0, {self.N}), got [{int(lo)}, {int(hi)}]")
+        out = torch.empty(b, self.N + 1)
         self.lib.ttk_step(self._ctx_p, bins.data_ptr(), b, expand, pos, mode, hist_len, step_len, out.data_ptr())
         return out
 
@@ -294,6 +308,10 @@ class CBeamDecoder:
         if hist_len % self.seg_len or step_len != self._shape[3]:
             raise ValueError("merge expects whole planning steps")
         par = parent.cpu().numpy()
+        w, e = self._shape[:2]
+        win = winners.cpu().numpy()
+        if par.shape != (w,) or win.shape != (w,) or (win // e != par).any() or par.min() < 0 or par.max() >= w:
+            raise ValueError("merge: parent / winners must be (W,) with winners[i] // E == parent[i] < W")
         if t:
             self.anc[:, :t] = self.anc[par, :t]
         self.anc[:, t] = np.arange(self.anc.shape[0], dtype=np.int32)
