@@ -126,6 +126,8 @@ def test_lockstep_closed_loop(graph, checkpoints, kind):
     events: list[dict] = []
     probe.create_subscription(String, "/episode_events", lambda m: events.append(json.loads(m.data)), 10)
     planner = _planner(graph, kind, checkpoints[kind], options)
+    # the probe must hear the first command: wait for discovery before the bridge starts the episode
+    assert wait_for(lambda: planner._cmd_pub is not None and planner._cmd_pub.get_subscription_count() > 0)
     bridge = _bridge(graph, max_steps=N_STEPS, mode="lockstep")
     assert wait_for(lambda: bool(bridge.returns), timeout=30.0), f"episode did not finish: {dict(planner.counters)}"
     assert wait_for(lambda: any(e["event"] == "episode_end" for e in events), timeout=2.0)
