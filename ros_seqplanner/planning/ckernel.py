@@ -271,7 +271,6 @@ class CBeamDecoder:
         c.sc_stride = ss
         self._shape = shape
 
-    @torch.inference_mode()
     def step(self, bins: torch.Tensor, pos: int, expand: int, hist_len: int, step_len: int,
              write: str | None) -> torch.Tensor:
         """Same contract as :meth:`BeamDecoder.step`: returns the (B, N+1) float32 logits at ``pos``."""
@@ -300,7 +299,6 @@ class CBeamDecoder:
         self.lib.ttk_step(self._ctx_p, bins.data_ptr(), b, expand, pos, mode, hist_len, step_len, out.data_ptr())
         return out
 
-    @torch.inference_mode()
     def merge(self, parent: torch.Tensor, winners: torch.Tensor, hist_len: int, step_len: int) -> None:
         """After selection at the planning step ending at ``hist_len``: beam i continues the ancestry of
         ``parent[i]`` and its new segment starts with the step tokens of candidate ``winners[i]``."""
