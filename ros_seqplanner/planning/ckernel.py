@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from ros_seqplanner.nets.tt import PrefixState, TrajectoryTransformer
+from ros_seqplanner.planning.engine import layer_weights
 
 SOURCE = Path(__file__).with_name("_tt_kernel.c")
 ABI_VERSION = 8
 CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=gnu11")
-_LAYER_FIELDS = ("ln1_w", "ln1_b", "w_qkv", "b_qkv", "w_o", "b_o", "ln2_w", "ln2_b", "w_fc", "b_fc", "w_out", "b_out")
 LOAD_ERROR: str | None = None
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
@@ -171,7 +171,6 @@ class CBeamDecoder:
         self.C, self.H = cfg.n_embd, cfg.n_head
         self.hd = self.C // self.H
         self.N, self.D = cfg.n_bins, cfg.transition_dim
-        scale = self.hd ** -0.5
 
         def t(x: torch.Tensor) -> torch.Tensor:
             return x.detach().to("cpu", torch.float32).contiguous().clone()
@@ -181,18 +180,9 @@ class CBeamDecoder:
             raise ValueError("CBeamDecoder expects one LayerNorm eps for all LayerNorms")
         self._keep: list[torch.Tensor] = []
         lw: list[int] = []
-        for blk in model.blocks:
-            w, b = t(blk.attn.qkv.weight), t(blk.attn.qkv.bias)
-            w[: self.C] *= scale  # attention scale folded into the queries (as the torch engine)
-            b[: self.C] *= scale
-            lay = {"ln1_w": t(blk.ln1.weight), "ln1_b": t(blk.ln1.bias), "w_qkv": w.t().contiguous(), "b_qkv": b,
-                   "w_o": t(blk.attn.proj.weight).t().contiguous(), "b_o": t(blk.attn.proj.bias),
-                   "ln2_w": t(blk.ln2.weight), "ln2_b": t(blk.ln2.bias),
-                   "w_fc": t(blk.fc.weight).t().contiguous(), "b_fc": t(blk.fc.bias),
-                   "w_out": t(blk.fc_out.weight).t().contiguous(), "b_out": t(blk.fc_out.bias)}
-            for k in _LAYER_FIELDS:
-                self._keep.append(lay[k])
-                lw.append(lay[k].data_ptr())
+        for lay in layer_weights(model, t):  # attention scale folded into the queries, as the torch engine
+            self._keep.extend(lay)
+            lw.extend(x.data_ptr() for x in lay)
         self.F = model.blocks[0].fc.weight.shape[0]
         self._lw = (ctypes.c_void_p * len(lw))(*lw)
         self._lnf = (t(model.ln_f.weight), t(model.ln_f.bias))

@@ -56,6 +56,26 @@ from ros_seqplanner.nets.tt import PrefixState, TrajectoryTransformer
 _LAYER_FIELDS = ("ln1_w", "ln1_b", "w_qkv", "b_qkv", "w_o", "b_o", "ln2_w", "ln2_b", "w_fc", "b_fc", "w_out", "b_out")
 
 
+def layer_weights(model: TrajectoryTransformer, convert) -> list[list[torch.Tensor]]:
+    """Per block, the decoder's weights in :data:`_LAYER_FIELDS` order, each through ``convert`` (device / dtype
+    copy): linear weights as contiguous (in, out), the attention scale 1/sqrt(head dim) folded into the query
+    rows of the fused qkv weight and bias. Shared by the torch and the C decoder."""
+    c = model.cfg.n_embd
+    scale = 1.0 / math.sqrt(c // model.cfg.n_head)
+    layers = []
+    for blk in model.blocks:
+        w, b = convert(blk.attn.qkv.weight), convert(blk.attn.qkv.bias)
+        w[:c] *= scale
+        b[:c] *= scale
+        lay = {"ln1_w": convert(blk.ln1.weight), "ln1_b": convert(blk.ln1.bias), "w_qkv": w.t().contiguous(),
+               "b_qkv": b, "w_o": convert(blk.attn.proj.weight).t().contiguous(), "b_o": convert(blk.attn.proj.bias),
+               "ln2_w": convert(blk.ln2.weight), "ln2_b": convert(blk.ln2.bias),
+               "w_fc": convert(blk.fc.weight).t().contiguous(), "b_fc": convert(blk.fc.bias),
+               "w_out": convert(blk.fc_out.weight).t().contiguous(), "b_out": convert(blk.fc_out.bias)}
+        layers.append([lay[k] for k in _LAYER_FIELDS])
+    return layers
+
+
 def _blocks(x: torch.Tensor, layers: list[list[torch.Tensor]], eps: float, kp: list[torch.Tensor],
             vp: list[torch.Tensor], bufs: list[torch.Tensor], hk: list[torch.Tensor], hv: list[torch.Tensor],
             w: int, e: int, write: bool, col: int, col_t: torch.Tensor | None, s_cols: int, n_h: int,
@@ -121,26 +141,15 @@ class BeamDecoder:
         self.C, self.H = cfg.n_embd, cfg.n_head
         self.hd = self.C // self.H
         self.N, self.D = cfg.n_bins, cfg.transition_dim
-        scale = 1.0 / math.sqrt(self.hd)
 
         def t(x: torch.Tensor) -> torch.Tensor:
             return x.detach().to(self.device, self.dtype).contiguous().clone()
 
-        self.layers: list[list[torch.Tensor]] = []
         eps = {blk.ln1.eps for blk in model.blocks} | {blk.ln2.eps for blk in model.blocks}
         if len(eps) != 1:
             raise ValueError("BeamDecoder expects one LayerNorm eps for all blocks")
         self.eps = float(eps.pop())
-        for blk in model.blocks:
-            w, b = t(blk.attn.qkv.weight), t(blk.attn.qkv.bias)
-            w[: self.C] *= scale
-            b[: self.C] *= scale
-            lay = {"ln1_w": t(blk.ln1.weight), "ln1_b": t(blk.ln1.bias), "w_qkv": w.t().contiguous(), "b_qkv": b,
-                   "w_o": t(blk.attn.proj.weight).t().contiguous(), "b_o": t(blk.attn.proj.bias),
-                   "ln2_w": t(blk.ln2.weight), "ln2_b": t(blk.ln2.bias),
-                   "w_fc": t(blk.fc.weight).t().contiguous(), "b_fc": t(blk.fc.bias),
-                   "w_out": t(blk.fc_out.weight).t().contiguous(), "b_out": t(blk.fc_out.bias)}
-            self.layers.append([lay[k] for k in _LAYER_FIELDS])
+        self.layers: list[list[torch.Tensor]] = layer_weights(model, t)
         self.jit = jit
         self.ln_f = (t(model.ln_f.weight), t(model.ln_f.bias), model.ln_f.eps)
         tok = t(model.tok_emb.weight)
