@@ -41,3 +41,13 @@ def ros_context():
     finally:
         if ctx.ok():
             rclpy.shutdown(context=ctx)
+
+
+@pytest.fixture
+def graph(ros_context):
+    """Nodes spun by background executors on ``ros_context`` (tests/node_harness.py); all closed afterwards."""
+    from node_harness import Graph
+
+    g = Graph(ros_context)
+    yield g
+    g.close()

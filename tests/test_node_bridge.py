@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("mujoco")
 
-from node_harness import Graph, wait_for
+from node_harness import wait_for
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
@@ -22,13 +22,6 @@ from ros_seqplanner.nodes.planner_node import COMMAND_QOS, EVENT_QOS, STATE_QOS
 from ros_seqplanner.nodes.sim_bridge_node import SimBridgeNode
 
 pytestmark = pytest.mark.ros
-
-
-@pytest.fixture
-def graph(ros_context):
-    g = Graph(ros_context)
-    yield g
-    g.close()
 
 
 def test_lockstep_topics_episode_end_and_reset(graph):

@@ -76,13 +76,6 @@ def checkpoints(tmp_path_factory):
     return paths
 
 
-@pytest.fixture
-def graph(ros_context):
-    g = Graph(ros_context)
-    yield g
-    g.close()
-
-
 def _bridge(graph: Graph, **params) -> SimBridgeNode:
     overrides = [Parameter(k, value=v) for k, v in {"env": "halfcheetah", "seed": 3, **params}.items()]
     return graph.spin(SimBridgeNode(context=graph.context, parameter_overrides=overrides))

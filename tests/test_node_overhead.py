@@ -43,13 +43,6 @@ class ThreadRecordingPolicy(LinearPolicy):
         return super().act(observation, reward)
 
 
-@pytest.fixture
-def graph(ros_context):
-    g = Graph(ros_context)
-    yield g
-    g.close()
-
-
 def _obs(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=17).astype(np.float32)
 

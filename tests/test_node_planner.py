@@ -31,13 +31,6 @@ pytestmark = pytest.mark.ros
 OK = TransitionCallbackReturn.SUCCESS
 
 
-@pytest.fixture
-def graph(ros_context):
-    g = Graph(ros_context)
-    yield g
-    g.close()
-
-
 def _obs(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=17).astype(np.float32)
 
