@@ -333,7 +333,6 @@ def test_c_decoder_logits_match_torch_decoder(n_embd):
         for dec, out in zip(decs, outs):
             dec.set_prefix(pre)
             dec.allocate(w, e, 2 * (d - 1), a + 1)
-            dec.cur = 0
             pos = prefix.numel()
             for j in range(a + 1):  # actions + reward of W*E candidates
                 out.append(dec.step(rand[j], pos, e, 0, j, "step"))

@@ -215,7 +215,6 @@ class BeamPlanner:
         dec = self.decoder
         dec.set_prefix(pre)
         dec.allocate(w, e, max(1, (h_steps - 1) * (d - 1)), a + 1)
-        dec.cur = 0
 
         expand_idx = torch.arange(w, device=dev).repeat_interleave(e)  # candidate -> parent beam
         first_obs = prefix[-o:] - n * torch.arange(o, device=dev)

@@ -5,7 +5,7 @@ halfcheetah plan outside the linear layers, in ~50 small ops per layer and token
 matmuls of 1-2 rows, softmax, copies, op dispatch). :class:`CBeamDecoder` does a whole token (every
 layer, attention and head) in one foreign call: the matrix products go to the same BLAS ``sgemm`` that
 torch uses (MKL in the x86 wheels; its address is looked up in the loaded ``libtorch_cpu``), the rest is
-AVX2/FMA C. It keeps the engine's interface (``set_prefix``, ``allocate``, ``step``, ``merge``, ``cur``),
+AVX2/FMA C. It keeps the engine's interface (``set_prefix``, ``allocate``, ``step``, ``merge``),
 so :class:`~ros_seqplanner.planning.beam.BeamPlanner` runs unchanged on top.
 
 Build: ``cc -O3 -march=native`` on the source shipped in the package, cached under
@@ -193,7 +193,6 @@ class CBeamDecoder:
         self.kp = torch.zeros(nl, self.H, self.hd, self.tpp_max)
         self.vp = torch.zeros(nl, self.H, self.tpp_max, self.hd)
         self._shape: tuple[int, int, int, int] | None = None
-        self.cur = 0
         c = self.ctx = _Ctx()
         c.n_layer, c.C, c.H, c.hd, c.F, c.D, c.n_bins, c.n1b = nl, self.C, self.H, self.hd, self.F, self.D, self.N, \
             self.N + 1

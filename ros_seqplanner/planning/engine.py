@@ -176,7 +176,9 @@ class BeamDecoder:
 
     # ------------------------------------------------------------------------------------------ setup
     def set_prefix(self, prefix: PrefixState) -> None:
-        """Keep the prefix K/V of the keys trajectory queries may attend (value-token keys dropped)."""
+        """Start a plan: keep the prefix K/V of the keys trajectory queries may attend (value-token keys
+        dropped); the history starts again in ping-pong buffer 0."""
+        self.cur = 0
         idx = torch.nonzero(prefix.key_valid.to(self.device)).squeeze(-1)
         kp = [k[0].index_select(1, idx).to(self.dtype).transpose(1, 2) for k in prefix.k]  # (H, hd, Tp)
         vp = [v[0].index_select(1, idx).to(self.dtype) for v in prefix.v]  # (H, Tp, hd)
