@@ -123,6 +123,16 @@ def _commands(bag: Path) -> np.ndarray:
         return np.array([m.data for _, m in b.messages([COMMANDS])])
 
 
+def _states_after_last_command(bag: Path) -> int:
+    """Distinct joint states recorded after the last command (ones the recording may not have answered)."""
+    from ros_seqplanner.bags.reader import open_bag
+
+    with open_bag(bag) as b:
+        raws = list(b.raw_messages(["/joint_states", COMMANDS]))
+    last_cmd = max(r.timestamp_ns for r in raws if r.topic == COMMANDS)
+    return len({r.data for r in raws if r.topic == "/joint_states" and r.timestamp_ns > last_cmd})
+
+
 class Harness:
     """A fresh planner node + a command sink, spun on a multi-threaded executor."""
 
@@ -293,8 +303,12 @@ def test_replay_into_planner_reproduces_the_recorded_commands(recorded, checkpoi
     assert stats.published["/joint_states"] >= N_STEPS + 1
     recorded_cmds = _commands(rec["bag"])
     replayed = h.plan_commands()
-    assert replayed.shape == recorded_cmds.shape == (N_STEPS + 1, 6)
-    np.testing.assert_array_equal(replayed, recorded_cmds)
+    assert recorded_cmds.shape == (N_STEPS + 1, 6)
+    # The recording stops shortly after the episode: a state the bridge published after the last recorded
+    # command (e.g. the next episode's first state) may be answered in the replay but not in the recording.
+    extra = replayed.shape[0] - recorded_cmds.shape[0]
+    assert 0 <= extra <= _states_after_last_command(rec["bag"]), (dict(h.node.counters), extra)
+    np.testing.assert_array_equal(replayed[:recorded_cmds.shape[0]], recorded_cmds)
 
 
 # Wall-clock timing against a 0.3 s watchdog: a scheduling hiccup on a loaded 2-core machine can add
