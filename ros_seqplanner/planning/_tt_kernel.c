@@ -394,13 +394,12 @@ static inline const float *cand_v(const ttk_ctx *c, int l, int h, int w, int e) 
 }
 
 static void store_kv(const ttk_ctx *c, int l, int r, int w, int e, int write, int hist_len, int step_len) {
-    const int H = c->H, hd = c->hd;
+    const int hd = c->hd;
     if (write == 2) {
         write_kv(c, r, (float *)cand_k(c, l, 0, w, e), (size_t)c->W * c->E * hd * c->SK, c->SK,
                  (float *)cand_v(c, l, 0, w, e), (size_t)c->W * c->E * c->S * hd, step_len);
     } else {
         const int s = hist_len / c->L;  /* the beam's own current segment: anc[w][s] == w */
-        (void)H;
         write_kv(c, r, (float *)seg_k(c, l, s, 0, w), (size_t)c->W * hd * c->LK, c->LK, (float *)seg_v(c, l, s, 0, w),
                  (size_t)c->W * c->L * hd, hist_len % c->L);
     }

@@ -167,7 +167,6 @@ class CBeamDecoder:
         self.lib = lib
         cfg = model.cfg
         self.cfg = cfg
-        self.device = torch.device("cpu")
         self.C, self.H = cfg.n_embd, cfg.n_head
         self.hd = self.C // self.H
         self.N, self.D = cfg.n_bins, cfg.transition_dim
@@ -188,7 +187,7 @@ class CBeamDecoder:
         self._lnf = (t(model.ln_f.weight), t(model.ln_f.bias))
         self._tok, self._pos, self._head = t(model.tok_emb.weight), t(model.pos_emb), t(model.head)
         self.max_prefix = cfg.block_size + (cfg.obs_dim if cfg.goal_conditioned else 0)
-        self.tpp_max = _round_up(self.max_prefix, 32)  # score loops run over 32-column tiles
+        self.tpp_max = _round_up(self.max_prefix, 8)  # score loops read whole 8-column vectors
         nl = cfg.n_layer
         self.kp = torch.zeros(nl, self.H, self.hd, self.tpp_max)
         self.vp = torch.zeros(nl, self.H, self.tpp_max, self.hd)
@@ -296,12 +295,11 @@ class CBeamDecoder:
             raise ValueError("merge expects whole planning steps")
         par = parent.cpu().numpy()
         w, e = self._shape[:2]
-        win = winners.cpu().numpy()
+        win = np.ascontiguousarray(winners.cpu().numpy(), dtype=np.int64)
         if par.shape != (w,) or win.shape != (w,) or (win // e != par).any() or par.min() < 0 or par.max() >= w:
             raise ValueError("merge: parent / winners must be (W,) with winners[i] // E == parent[i] < W")
         if t:
             self.anc[:, :t] = self.anc[par, :t]
         self.anc[:, t] = np.arange(self.anc.shape[0], dtype=np.int32)
         self.order[:] = np.lexsort(self.anc[:, t::-1].T)  # ancestry order: anc[:, 0] is the primary key
-        winners = winners.contiguous().long()
-        self.lib.ttk_merge(self._ctx_p, winners.data_ptr(), winners.shape[0], hist_len, step_len)
+        self.lib.ttk_merge(self._ctx_p, win.ctypes.data, w, hist_len, step_len)
