@@ -54,7 +54,8 @@ def reference_plan(model, disc, cfg: PlannerConfig, prefix: torch.Tensor, genera
             seqs = torch.cat([seqs, (c + n * k)[:, None]], 1)
         if not logp_mode:
             score = rewards @ discounts
-        score, top = torch.topk(score, w)
+        top = torch.topk(score, w).indices.sort().values  # the top W, in candidate order (as BeamPlanner)
+        score = score[top]
         seqs, rewards = seqs[top], rewards[top]
         if t < h_steps - 1:
             for j in range(o):
@@ -63,8 +64,9 @@ def reference_plan(model, disc, cfg: PlannerConfig, prefix: torch.Tensor, genera
                 if logp_mode:
                     score = score + token_logp(lg, c)
                 seqs = torch.cat([seqs, (c + n * j)[:, None]], 1)
-    best = seqs[0, t0 - o:].reshape(h_steps, d) - n * torch.arange(d)
-    return best, float(score[0])
+    i = int(torch.argmax(score))
+    best = seqs[i, t0 - o:].reshape(h_steps, d) - n * torch.arange(d)
+    return best, float(score[i])
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -300,6 +302,24 @@ def test_inverse_cdf_sampling_follows_filtered_probabilities():
     assert (freq[~keep] == 0).all()
 
 
+@pytest.mark.parametrize(("cdf", "topk"), [(0.6, None), (None, 5), (0.3, 5), (None, None), (0.9, None), (0.0, 1)])
+def test_c_sampler_matches_torch_sampler(cdf, topk):
+    """The C planner loop's sampler (ttk_plan) picks the same bins as sampling.sample_bins: peaked, flat, tied
+    and random rows, each filter."""
+    if ckernel.load_kernel() is None:
+        pytest.skip(ckernel.LOAD_ERROR or "C kernel unavailable")
+    g = torch.Generator().manual_seed(3)
+    rows = [torch.randn(3000, 50, generator=g) * scale for scale in (0.3, 1.0, 4.0)]
+    tied = torch.zeros(50, 50)  # all equal: the filters keep everything
+    tied[25:, :3] = 2.0  # three tied maxima
+    rows += [tied, torch.tensor([[0.0] * 49 + [30.0], [-1e4] * 49 + [0.0], [1.0, 1.0] + [0.0] * 48] * 10)]
+    for x in rows:
+        u = torch.rand(x.shape[0], generator=g)
+        u[:5] = torch.tensor([0.0, 1.0 - 2 ** -24, 0.5, 0.25, 0.75])
+        np.testing.assert_array_equal(ckernel.sample_bins_c(x, u, cdf, topk).numpy(),
+                                      sample_bins(x, u, cdf, topk).numpy())
+
+
 def test_expectation_greedy_and_logp():
     logits = torch.tensor([[0.0, 2.0, 1.0, 5.0]])  # 3 bins + stop
     mids = torch.tensor([1.0, 2.0, 3.0])
@@ -369,3 +389,16 @@ def test_c_decoder_rejects_out_of_range_input():
         dec.step(torch.zeros(5, dtype=torch.long), pos, 2, 0, 0, "step")  # more rows than allocated
     with pytest.raises(ValueError, match="merge"):
         dec.merge(torch.tensor([0, 1]), torch.tensor([3, 2]), 0, mc.act_dim + 1)  # winner 3 is not beam 0's
+    # the whole-plan entry point: observation bins, horizon and shapes are checked before any C runs
+    h, n1 = 3, mc.n_bins + 1
+    args = {"discounts": torch.ones(h + 1), "mids": (torch.zeros(mc.n_bins), torch.zeros(mc.n_bins)), "pos0": pos,
+            "beams": 2, "expand": 2, "cdf": 0.6, "topk": None, "logp": False}
+    u, lg = torch.rand(h, 4, mc.act_dim), torch.zeros(n1)
+    bins, _ = dec.plan(lg, torch.zeros(mc.obs_dim, dtype=torch.long), u, **args)
+    assert bins.shape == (h, mc.transition_dim) and int(bins.min()) >= 0 and int(bins.max()) < mc.n_bins
+    with pytest.raises(ValueError, match="observation bins"):
+        dec.plan(lg, torch.full((mc.obs_dim,), mc.n_bins), u, **args)
+    with pytest.raises(ValueError, match="exceeds"):
+        dec.plan(lg, torch.zeros(mc.obs_dim, dtype=torch.long), torch.rand(9, 4, mc.act_dim), **args)
+    with pytest.raises(ValueError, match="allocate"):
+        dec.plan(lg, torch.zeros(mc.obs_dim, dtype=torch.long), u, **{**args, "beams": 3})

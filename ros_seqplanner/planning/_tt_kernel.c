@@ -27,6 +27,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -56,7 +57,7 @@ typedef struct {
     const float *const *kp, *const *vp;       /* n_layer each */
     int tp, tpp;
     float *const *sk, *const *sv, *const *ck, *const *cv; /* n_layer each */
-    const int32_t *anc, *order;               /* anc (W, n_seg), order (W,) */
+    int32_t *anc, *order;                     /* anc (W, n_seg), order (W,) (ttk_plan updates them) */
     int32_t *runs;                            /* scratch (n_seg, W, 3) + (n_seg,) run counts */
     int32_t *nodes;                           /* scratch (n_seg * W, 4): one row block's nodes */
     float *inv;                               /* scratch (H, W * E) */
@@ -66,7 +67,7 @@ typedef struct {
     sgemm_fn sgemm;
 } ttk_ctx;
 
-int ttk_abi_version(void) { return 8; }
+int ttk_abi_version(void) { return 9; }
 int ttk_has_avx2(void) { return TTK_AVX2; }
 int ttk_ctx_size(void) { return (int)sizeof(ttk_ctx); }
 
@@ -625,4 +626,293 @@ void ttk_merge(const ttk_ctx *c, const int64_t *winners, int n_beams, int hist_l
             }
         }
     }
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+   The whole beam search in C (ttk_plan): the same algorithm and token-choice rules as BeamPlanner.plan and
+   planning/sampling.py, so a plan costs no Python between tokens. Each helper below mirrors one torch function
+   there (named in its comment); they agree to float rounding (softmax / cumsum summation order), which only
+   matters for a token sitting exactly on a sampling boundary (the exactness tests compare whole plans). */
+
+typedef struct {
+    int H, W, E, A, O, logp;  /* horizon, beams, expansions, act / obs dims; logp: score = cumulative log-prob */
+    int use_cdf, topk;        /* cdf filter on/off; top-k filter (0: off) */
+    float cdf;
+    int pos0;                 /* trajectory position of the first planned token */
+    const float *u;           /* (H, W*E, A) uniforms */
+    const float *disc;        /* (H + 1,) discount^k */
+    const float *mid_r, *mid_v; /* (n_bins,) bin midpoints of the reward / value dimensions */
+    const float *logits0;     /* (n_bins + 1,) logits at the last prefix position */
+    const int64_t *first_obs; /* (O,) bins of the current observation */
+    int64_t *out_bins;        /* (H, D) the best beam's bins */
+    float *out_score;         /* its score */
+} ttk_plan_args;
+
+int ttk_plan_args_size(void) { return (int)sizeof(ttk_plan_args); }
+
+/* softmax over n logits into p; returns nothing (p sums to ~1). torch.softmax: max, exp(x - max), * 1/sum */
+static void softmax_row(const float *x, int n, float *p) {
+    float m = x[0], s = 0.0f;
+    int i = 0;
+    for (int k = 1; k < n; k++) m = x[k] > m ? x[k] : m;
+#if TTK_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(m)));
+        _mm256_storeu_ps(p + i, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    s = hsum256(acc);
+#endif
+    for (; i < n; i++) { p[i] = expf(x[i] - m); s += p[i]; }
+    const float inv = 1.0f / s;
+    for (i = 0; i < n; i++) p[i] *= inv;
+}
+
+/* greedy_bins: first index of the maximum over the n bins (a NaN never wins, the result stays in range) */
+static int64_t argmax_row(const float *x, int n) {
+    int64_t k = 0;
+    for (int i = 1; i < n; i++) if (x[i] > x[k]) k = i;
+    return k;
+}
+
+/* token_logp: log_softmax over the n bins + stop at index k */
+static float logp_row(const float *x, int n1, int64_t k) {
+    float m = x[0], s = 0.0f;
+    for (int i = 1; i < n1; i++) m = x[i] > m ? x[i] : m;
+    for (int i = 0; i < n1; i++) s += expf(x[i] - m);
+    return (x[k] - m) - logf(s);
+}
+
+/* expectation: unfiltered softmax over bins + stop, stop dropped without renormalising, dotted with mids */
+static float expect_row(const float *x, int n, const float *mid, float *p) {
+    softmax_row(x, n + 1, p);
+    float e = 0.0f;
+    for (int i = 0; i < n; i++) e += p[i] * mid[i];
+    return e;
+}
+
+/* A binary max-heap of floats, for the largest few of a row without sorting it all. */
+static void heap_down(float *h, int n, int i) {
+    const float v = h[i];
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && h[c + 1] > h[c]) c++;
+        if (!(h[c] > v)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    h[i] = v;
+}
+
+static void heap_make(float *h, const float *p, int n) {
+    memcpy(h, p, sizeof(float) * n);
+    for (int i = n / 2 - 1; i >= 0; i--) heap_down(h, n, i);
+}
+
+static float heap_pop(float *h, int *n) { /* the largest; *n > 0 */
+    const float top = h[0];
+    h[0] = h[--*n];
+    heap_down(h, *n, 0);
+    return top;
+}
+
+/* sample_bins: inverse CDF over the filtered probabilities of the n bins with uniform u.
+   cdf filter (filter_mask): sort ascending, cut = the largest index whose cumulative mass is < cdf (0 if none),
+   keep p > srt[cut]. Here without a full sort: cum_asc(i) = S - (sum of the n-1-i largest), so with j0 the
+   smallest j whose j largest sum to more than S - cdf, srt[cut] is the (j0+1)-th largest (the smallest if no
+   j < n qualifies): pop the largest from a heap until then (few pops for a peaked distribution).
+   top-k: keep p >= the k-th largest. Nothing kept: keep all. Inverse CDF as sample_bins. */
+static int64_t sample_row(const float *x, int n, float u, const ttk_plan_args *a, float *p, unsigned char *keep) {
+    float *q = p + n; /* heap, then the running sum of the kept probabilities */
+    int any = 0, m;
+    softmax_row(x, n, p);
+    memset(keep, 1, n);
+    if (a->use_cdf) {
+        double tot = 0.0, top = 0.0;
+        for (int i = 0; i < n; i++) tot += p[i];
+        const double target = tot - (double)a->cdf;
+        float thr = p[0];
+        int found = 0;
+        heap_make(q, p, m = n);
+        while (m > 0 && !found) {
+            const float v = heap_pop(q, &m);
+            if (top > target) { thr = v; found = 1; } else { top += v; }
+        }
+        if (!found) for (int i = 0; i < n; i++) thr = p[i] < thr ? p[i] : thr;
+        for (int i = 0; i < n; i++) keep[i] = p[i] > thr;
+    }
+    if (a->topk > 0) {
+        float kth = 0.0f;
+        heap_make(q, p, m = n);
+        for (int j = 0; j < a->topk && m > 0; j++) kth = heap_pop(q, &m);
+        for (int i = 0; i < n; i++) keep[i] &= p[i] >= kth;
+    }
+    for (int i = 0; i < n; i++) any |= keep[i];
+    double run = 0.0;
+    for (int i = 0; i < n; i++) { run += (keep[i] || !any) ? p[i] : 0.0f; q[i] = (float)run; } /* torch's CPU
+                                                                      cumsum accumulates in double */
+    const float target = (1.0f - u) * q[n - 1];
+    int64_t cnt = 0;
+    for (int i = 0; i < n; i++) cnt += q[i] < target;
+    return cnt < n ? cnt : n - 1;
+}
+
+typedef struct { float s; int i; } scored;
+
+static int by_score_desc(const void *x, const void *y) { /* torch.topk(sorted): descending; ties: lower index */
+    const scored *a = x, *b = y;
+    const int na = isnan(a->s), nb = isnan(b->s); /* a NaN score ranks last (a consistent order for qsort) */
+    if (na != nb) return na - nb;
+    if (!na && a->s != b->s) return a->s < b->s ? 1 : -1;
+    return (a->i > b->i) - (a->i < b->i);
+}
+
+static int by_index(const void *x, const void *y) {
+    const scored *a = x, *b = y;
+    return (a->i > b->i) - (a->i < b->i);
+}
+
+/* order = beams sorted by ancestry anc[w][0..t] (np.lexsort with anc[:, 0] primary; rows are unique) */
+static void ancestry_order(const ttk_ctx *c, int t) {
+    int32_t *o = c->order;
+    for (int i = 0; i < c->W; i++) o[i] = i;
+    for (int i = 1; i < c->W; i++) { /* insertion sort: few beams, and the order is mostly kept step to step */
+        const int32_t v = o[i], *rv = c->anc + (size_t)v * c->n_seg;
+        int j = i - 1;
+        for (; j >= 0; j--) {
+            const int32_t *rj = c->anc + (size_t)o[j] * c->n_seg;
+            int s = 0;
+            while (s < t && rj[s] == rv[s]) s++;
+            if (rj[s] <= rv[s]) break;
+            o[j + 1] = o[j];
+        }
+        o[j + 1] = v;
+    }
+}
+
+/* One receding-horizon plan (BeamPlanner.plan): H planning steps of expand -> sample actions -> greedy reward
+   and value -> score -> keep the top W -> greedy next observation. The prefix must be set and the buffers
+   allocated for (W, E) by the caller. Returns 0, or -1 if scratch memory could not be allocated. */
+int ttk_plan(const ttk_ctx *c, const ttk_plan_args *a) {
+    const int H = a->H, W = a->W, E = a->E, A = a->A, O = a->O, D = c->D, n = c->n_bins, n1 = c->n1b;
+    const int B = W * E, R = H + 1, ST = A + 2;
+    float *lg = malloc(sizeof(float) * ((size_t)B * n1 + (size_t)W * n1 + 2 * (size_t)n1 + (size_t)B * (R + 2)
+                                        + 2 * (size_t)W * R + W));
+    int64_t *i64 = malloc(sizeof(int64_t) * ((size_t)B * (ST + 1) + 2 * (size_t)W * H * D + W));
+    scored *sel = malloc(sizeof(scored) * B);
+    int32_t *anc2 = malloc(sizeof(int32_t) * (size_t)W * c->n_seg);
+    unsigned char *taken = malloc((size_t)n1);
+    if (!lg || !i64 || !sel || !anc2 || !taken) {
+        free(lg); free(i64); free(sel); free(anc2); free(taken);
+        return -1;
+    }
+    float *lgw = lg + (size_t)B * n1, *p = lgw + (size_t)W * n1, *cs = p + 2 * (size_t)n1, *rhat = cs + B;
+    float *crew = rhat + B, *rew = crew + (size_t)B * R, *rew2 = rew + (size_t)W * R, *score = rew2 + (size_t)W * R;
+    int64_t *tok = i64, *st = tok + B, *bins = st + (size_t)B * ST, *bins2 = bins + (size_t)W * H * D;
+    int64_t *win = bins2 + (size_t)W * H * D;
+    int pos = a->pos0, hist = 0;
+
+    memset(bins, 0, sizeof(int64_t) * (size_t)W * H * D);
+    memset(rew, 0, sizeof(float) * (size_t)W * R);
+    memset(score, 0, sizeof(float) * W);
+    for (int w = 0; w < W; w++) {
+        memcpy(lgw + (size_t)w * n1, a->logits0, sizeof(float) * n1);
+        for (int k = 0; k < O; k++) bins[(size_t)w * H * D + k] = a->first_obs[k];
+    }
+    for (int t = 0; t < H; t++) {
+        /* expand: candidate b = beam b / E */
+        for (int b = 0; b < B; b++) {
+            memcpy(lg + (size_t)b * n1, lgw + (size_t)(b / E) * n1, sizeof(float) * n1);
+            cs[b] = a->logp ? score[b / E] : 0.0f;
+        }
+        for (int j = 0; j < A; j++) { /* actions: sampled from the filtered distribution */
+            for (int b = 0; b < B; b++) {
+                const float *x = lg + (size_t)b * n1;
+                tok[b] = st[(size_t)b * ST + j] = sample_row(x, n, a->u[((size_t)t * B + b) * A + j], a, p, taken);
+                if (a->logp) cs[b] += logp_row(x, n1, tok[b]);
+            }
+            ttk_step(c, tok, B, E, pos++, 2, hist, j, lg);
+        }
+        for (int b = 0; b < B; b++) { /* reward: greedy token, expectation for the score */
+            const float *x = lg + (size_t)b * n1;
+            tok[b] = st[(size_t)b * ST + A] = argmax_row(x, n);
+            if (a->logp) cs[b] += logp_row(x, n1, tok[b]);
+            else rhat[b] = expect_row(x, n, a->mid_r, p);
+        }
+        ttk_step(c, tok, B, E, pos++, 2, hist, A, lg);
+        for (int b = 0; b < B; b++) { /* value: greedy token; score */
+            const float *x = lg + (size_t)b * n1;
+            const int64_t v = argmax_row(x, n);
+            st[(size_t)b * ST + A + 1] = v;
+            if (a->logp) {
+                cs[b] += logp_row(x, n1, v);
+            } else {
+                float *cr = crew + (size_t)b * R;
+                memcpy(cr, rew + (size_t)(b / E) * R, sizeof(float) * R);
+                cr[t] = rhat[b];
+                cr[t + 1] = expect_row(x, n, a->mid_v, p);
+                float s = 0.0f;
+                for (int k = 0; k < R; k++) s += cr[k] * a->disc[k];
+                cs[b] = s;
+            }
+        }
+        /* keep the top W, in candidate order (BeamPlanner.plan) */
+        for (int b = 0; b < B; b++) { sel[b].s = cs[b]; sel[b].i = b; }
+        qsort(sel, B, sizeof(scored), by_score_desc);
+        qsort(sel, W, sizeof(scored), by_index);
+        for (int i = 0; i < W; i++) {
+            const int b = sel[i].i, par = b / E;
+            score[i] = sel[i].s;
+            win[i] = b;
+            memcpy(bins2 + (size_t)i * H * D, bins + (size_t)par * H * D, sizeof(int64_t) * H * D);
+            memcpy(bins2 + ((size_t)i * H + t) * D + O, st + (size_t)b * ST, sizeof(int64_t) * ST);
+            if (!a->logp) memcpy(rew2 + (size_t)i * R, crew + (size_t)b * R, sizeof(float) * R);
+        }
+        { int64_t *x = bins; bins = bins2; bins2 = x; }
+        { float *x = rew; rew = rew2; rew2 = x; }
+        if (t == H - 1) break;
+        /* the winners' ancestry and step tokens (CBeamDecoder.merge) */
+        for (int i = 0; i < W; i++) {
+            memcpy(anc2 + (size_t)i * c->n_seg, c->anc + (size_t)(win[i] / E) * c->n_seg, sizeof(int32_t) * t);
+            anc2[(size_t)i * c->n_seg + t] = i;
+        }
+        memcpy(c->anc, anc2, sizeof(int32_t) * (size_t)W * c->n_seg);
+        ancestry_order(c, t);
+        ttk_merge(c, win, W, hist, A + 1);
+        hist += A + 1;
+        /* next observation, greedy, at beam width: first the value token (query only) */
+        for (int w = 0; w < W; w++) tok[w] = bins[((size_t)w * H + t) * D + D - 1];
+        ttk_step(c, tok, W, 1, pos++, 0, hist, 0, lgw);
+        for (int k = 0; k < O; k++) {
+            for (int w = 0; w < W; w++) {
+                const float *x = lgw + (size_t)w * n1;
+                tok[w] = bins[((size_t)w * H + t + 1) * D + k] = argmax_row(x, n);
+                if (a->logp) score[w] += logp_row(x, n1, tok[w]);
+            }
+            ttk_step(c, tok, W, 1, pos++, 1, hist++, 0, lgw);
+        }
+    }
+    int best = 0; /* torch.argmax: the first maximum */
+    for (int w = 1; w < W; w++) if (score[w] > score[best]) best = w;
+    memcpy(a->out_bins, bins + (size_t)best * H * D, sizeof(int64_t) * H * D);
+    *a->out_score = score[best];
+    free(lg); free(i64); free(sel); free(anc2); free(taken);
+    return 0;
+}
+
+/* sample_row over rows (tests: the C sampler against planning/sampling.py::sample_bins). logits (rows, ld),
+   the first n columns are the bins. Returns 0, or -1 if scratch memory could not be allocated. */
+int ttk_sample_rows(const float *logits, int rows, int n, int ld, const float *u, int use_cdf, float cdf, int topk,
+                    int64_t *out) {
+    ttk_plan_args a;
+    memset(&a, 0, sizeof(a));
+    a.use_cdf = use_cdf; a.cdf = cdf; a.topk = topk;
+    float *p = malloc(sizeof(float) * 2 * (size_t)n);
+    unsigned char *taken = malloc((size_t)n);
+    if (!p || !taken) { free(p); free(taken); return -1; }
+    for (int r = 0; r < rows; r++) out[r] = sample_row(logits + (size_t)r * ld, n, u[r], &a, p, taken);
+    free(p); free(taken);
+    return 0;
 }

@@ -9,7 +9,7 @@ Per planning step t (jannerm/trajectory-transformer ``trajectory/search/core.py:
    the unfiltered softmax over bin midpoints: score = sum_{k<=t} gamma^k r_k + gamma^(t+1) V_t
    (mode ``reward``), or the cumulative log-probability of every token decoded so far (``imitation``,
    ``goal``);
-4. keep the top W candidates;
+4. keep the top W candidates (as a set, in candidate order);
 5. unless t is the last step, decode the next observation greedily (``k_obs=1``).
 
 After H steps the best beam's tokens are de-tokenised; the policy executes its first action.
@@ -29,6 +29,12 @@ Deviations from the official code (each also noted where it happens):
   ``beam_search``, exhaustive over all N bins per token); here it is the same sampled-expansion beam
   search as ``reward`` mode, scored by cumulative log-probability. ``goal``: the same, with the goal
   observation tokens placed before the context (model option ``goal_conditioned``).
+
+- Beam order: the kept W candidates stay in candidate order instead of being sorted by score (official:
+  sorted). Beam b's children use the uniforms of candidates b*E..b*E+E-1, so with a score-sorted order two
+  near-equal scores (a float-rounding difference apart) that swap ranks would swap their children's random
+  numbers and change the plan; in candidate order only the set kept matters. Same distribution of plans.
+  The returned plan is the best-scoring beam after the last step.
 
 Randomness: all uniforms of a plan are drawn up front as one (H, W*E, A) tensor from the given
 generator, so any planner with these semantics (e.g. the full-recompute reference in the tests)
@@ -109,7 +115,7 @@ class Plan:
     score: float
 
 
-def decode_plan(bins: torch.Tensor, score: torch.Tensor, disc: Discretizer, obs_dim: int, act_dim: int) -> Plan:
+def decode_plan(bins: torch.Tensor, score: torch.Tensor | float, disc: Discretizer, obs_dim: int, act_dim: int) -> Plan:
     """(H, D) bins of one beam -> :class:`Plan` (float32 arrays)."""
     b = bins.detach().cpu().numpy()
     x = disc.decode(b).astype(np.float32)
@@ -216,12 +222,19 @@ class BeamPlanner:
         dec.set_prefix(pre)
         dec.allocate(w, e, max(1, (h_steps - 1) * (d - 1)), a + 1)
 
-        expand_idx = torch.arange(w, device=dev).repeat_interleave(e)  # candidate -> parent beam
         first_obs = prefix[-o:] - n * torch.arange(o, device=dev)
+        discounts = cfg.discount ** torch.arange(h_steps + 1, device=dev, dtype=torch.float32)
+        if isinstance(dec, CBeamDecoder):  # the same loop as below, in C: no Python between tokens
+            best, best_score = dec.plan(pre.last_logits, first_obs, u, discounts, (self._mid_r, self._mid_v),
+                                        prefix.numel(), w, e, cfg.cdf_act, cfg.k_act, logp_mode)
+            plan = decode_plan(best, best_score, self.disc, o, a)
+            self.last_stats = {"plan_ms": (time.perf_counter() - t_start) * 1e3,
+                               "context_tokens": float(prefix.numel())}
+            return plan
+        expand_idx = torch.arange(w, device=dev).repeat_interleave(e)  # candidate -> parent beam
         bins = torch.zeros(w, h_steps, d, dtype=torch.long, device=dev)
         bins[:, 0, :o] = first_obs
         rewards = torch.zeros(w, h_steps + 1, device=dev)
-        discounts = cfg.discount ** torch.arange(h_steps + 1, device=dev, dtype=torch.float32)
         score = torch.zeros(w, device=dev)
         logits = pre.last_logits.expand(w, -1)
         pos = prefix.numel()
@@ -254,8 +267,9 @@ class BeamPlanner:
                 cand_rewards[:, t] = r_hat
                 cand_rewards[:, t + 1] = expectation(logits, self._mid_v)
                 cand_score = cand_rewards @ discounts
-            # ---- keep the top W (sorted, so beam 0 is the best)
-            score, top = torch.topk(cand_score, w)
+            # ---- keep the top W, in candidate order (see the module docstring)
+            top = torch.topk(cand_score, w).indices.sort().values
+            score = cand_score.index_select(0, top)
             parent = expand_idx.index_select(0, top)
             bins = bins.index_select(0, parent)
             bins[:, t, o:] = torch.stack(step_tokens, dim=1).index_select(0, top)
@@ -278,7 +292,8 @@ class BeamPlanner:
                 pos += 1
                 hist_len += 1
             bins[:, t + 1, :o] = torch.stack(obs_tokens, dim=1)
-        plan = decode_plan(bins[0], score[0], self.disc, o, a)
+        best = int(torch.argmax(score))
+        plan = decode_plan(bins[best], score[best], self.disc, o, a)
         self.last_stats = {"plan_ms": (time.perf_counter() - t_start) * 1e3, "context_tokens": float(prefix.numel())}
         return plan
 

@@ -5,8 +5,10 @@ halfcheetah plan outside the linear layers, in ~50 small ops per layer and token
 matmuls of 1-2 rows, softmax, copies, op dispatch). :class:`CBeamDecoder` does a whole token (every
 layer, attention and head) in one foreign call: the matrix products go to the same BLAS ``sgemm`` that
 torch uses (MKL in the x86 wheels; its address is looked up in the loaded ``libtorch_cpu``), the rest is
-AVX2/FMA C. It keeps the engine's interface (``set_prefix``, ``allocate``, ``step``, ``merge``),
-so :class:`~ros_seqplanner.planning.beam.BeamPlanner` runs unchanged on top.
+AVX2/FMA C. It keeps the engine's interface (``set_prefix``, ``allocate``, ``step``, ``merge``), and adds
+:meth:`CBeamDecoder.plan`, the whole beam search of :class:`~ros_seqplanner.planning.beam.BeamPlanner` in one
+call (``ttk_plan``: token sampling, greedy choices, scores, selection and merges in C too, so no Python runs
+between tokens; its sampler is tested against :func:`~ros_seqplanner.planning.sampling.sample_bins`).
 
 Build: ``cc -O3 -march=native`` on the source shipped in the package, cached under
 ``$SEQPLANNER_CACHE`` (default ``~/.cache/ros_seqplanner``) keyed by source, flags, compiler and CPU;
@@ -33,7 +35,7 @@ from ros_seqplanner.nets.tt import PrefixState, TrajectoryTransformer
 from ros_seqplanner.planning.engine import layer_weights
 
 SOURCE = Path(__file__).with_name("_tt_kernel.c")
-ABI_VERSION = 8
+ABI_VERSION = 9
 CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=gnu11")
 LOAD_ERROR: str | None = None
 _LIB: ctypes.CDLL | None = None
@@ -51,6 +53,14 @@ class _Ctx(ctypes.Structure):
                 ("ck", _p), ("cv", _p), ("anc", _p), ("order", _p), ("runs", _p), ("nodes", _p), ("inv", _p), ("W", _i),
                 ("E", _i), ("S", _i), ("L", _i), ("LK", _i), ("SK", _i), ("n_seg", _i), ("x", _p), ("ln", _p),
                 ("qkv", _p), ("y", _p), ("ff", _p), ("sc", _p), ("sc_stride", _i), ("sgemm", _p)]
+
+
+class _PlanArgs(ctypes.Structure):
+    """Mirror of ``ttk_plan_args`` (checked against ``ttk_plan_args_size`` on load)."""
+
+    _fields_ = [("H", _i), ("W", _i), ("E", _i), ("A", _i), ("O", _i), ("logp", _i), ("use_cdf", _i), ("topk", _i),
+                ("cdf", ctypes.c_float), ("pos0", _i), ("u", _p), ("disc", _p), ("mid_r", _p), ("mid_v", _p),
+                ("logits0", _p), ("first_obs", _p), ("out_bins", _p), ("out_score", _p)]
 
 
 def cache_dir() -> Path:
@@ -131,15 +141,38 @@ def load_kernel() -> ctypes.CDLL | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         LOAD_ERROR = f"C kernel unavailable: {e}"
         return None
-    if lib.ttk_abi_version() != ABI_VERSION or lib.ttk_ctx_size() != ctypes.sizeof(_Ctx):
+    if (lib.ttk_abi_version() != ABI_VERSION or lib.ttk_ctx_size() != ctypes.sizeof(_Ctx)
+            or lib.ttk_plan_args_size() != ctypes.sizeof(_PlanArgs)):
         LOAD_ERROR = "C kernel ABI mismatch (stale build?)"
         return None
     lib.ttk_step.argtypes = [_p, _p, _i, _i, _i, _i, _i, _i, _p]
     lib.ttk_step.restype = None
     lib.ttk_merge.argtypes = [_p, _p, _i, _i, _i]
     lib.ttk_merge.restype = None
+    lib.ttk_plan.argtypes = [_p, _p]
+    lib.ttk_plan.restype = _i
+    lib.ttk_sample_rows.argtypes = [_p, _i, _i, _i, _p, _i, ctypes.c_float, _i, _p]
+    lib.ttk_sample_rows.restype = _i
     _LIB = lib
     return lib
+
+
+def sample_bins_c(logits: torch.Tensor, u: torch.Tensor, cdf: float | None = None,
+                  topk: int | None = None) -> torch.Tensor:
+    """The C planner's token sampler on (B, N) logits and (B,) uniforms: the same contract as
+    :func:`ros_seqplanner.planning.sampling.sample_bins` (used by the tests to compare the two)."""
+    lib = load_kernel()
+    if lib is None:
+        raise RuntimeError(LOAD_ERROR or "C kernel unavailable")
+    x = logits.detach().to(torch.float32).contiguous()
+    uu = u.detach().to(torch.float32).contiguous()
+    if x.dim() != 2 or uu.shape != (x.shape[0],):
+        raise ValueError("sample_bins_c: logits (B, N) and u (B,)")
+    out = torch.empty(x.shape[0], dtype=torch.long)
+    if lib.ttk_sample_rows(x.data_ptr(), x.shape[0], x.shape[1], x.shape[1], uu.data_ptr(), int(cdf is not None),
+                           float(cdf or 0.0), int(topk or 0), out.data_ptr()) != 0:
+        raise MemoryError("ttk_sample_rows: out of memory")
+    return out
 
 
 def _round_up(n: int, m: int) -> int:
@@ -303,3 +336,34 @@ class CBeamDecoder:
         self.anc[:, t] = np.arange(self.anc.shape[0], dtype=np.int32)
         self.order[:] = np.lexsort(self.anc[:, t::-1].T)  # ancestry order: anc[:, 0] is the primary key
         self.lib.ttk_merge(self._ctx_p, win.ctypes.data, w, hist_len, step_len)
+
+    def plan(self, last_logits: torch.Tensor, first_obs: torch.Tensor, u: torch.Tensor, discounts: torch.Tensor,
+             mids: tuple[torch.Tensor, torch.Tensor], pos0: int, beams: int, expand: int,
+             cdf: float | None, topk: int | None, logp: bool) -> tuple[torch.Tensor, float]:
+        """The whole beam search in one call (``ttk_plan``; the same algorithm as ``BeamPlanner.plan``), after
+        :meth:`set_prefix` and :meth:`allocate`. ``u`` (H, W*E, A) uniforms, ``discounts`` (H+1,), ``mids`` the
+        reward / value bin midpoints. Returns the best beam's (H, D) bins and its score."""
+        cfg = self.cfg
+        h, a_dim, o = u.shape[0], cfg.act_dim, cfg.obs_dim
+        if self._shape is None or self._shape[:2] != (beams, expand) or self._shape[3] != a_dim + 1:
+            raise ValueError(f"allocate({beams}, {expand}, ..., {a_dim + 1}) first")
+        if h * self.D - o - 1 + pos0 > self.cfg.block_size or h < 1 or pos0 < 0:
+            raise ValueError(f"a plan of {h} transitions from position {pos0} exceeds the block")
+        if (h - 1) * self.seg_len > self._shape[2]:
+            raise ValueError(f"a plan of {h} transitions needs more history than allocated ({self._shape[2]})")
+        if u.shape != (h, beams * expand, a_dim) or discounts.shape != (h + 1,) or first_obs.shape != (o,):
+            raise ValueError("plan: u must be (H, W*E, A), discounts (H+1,), first_obs (O,)")
+        first_obs = first_obs.to(torch.long).contiguous()
+        if int(first_obs.min()) < 0 or int(first_obs.max()) >= self.N:
+            raise ValueError(f"observation bins must be in [0, {self.N})")
+        ins = [x.detach().to(torch.float32).contiguous() for x in (u, discounts, *mids, last_logits.reshape(-1))]
+        if ins[2].numel() != self.N or ins[3].numel() != self.N or ins[4].numel() != self.N + 1:
+            raise ValueError("plan: midpoints must have n_bins entries and the logits n_bins + 1")
+        out = torch.zeros(h, self.D, dtype=torch.long)
+        score = ctypes.c_float()
+        args = _PlanArgs(h, beams, expand, a_dim, o, int(logp), int(cdf is not None), int(topk or 0),
+                         float(cdf or 0.0), pos0, *(x.data_ptr() for x in ins), first_obs.data_ptr(), out.data_ptr(),
+                         ctypes.addressof(score))
+        if self.lib.ttk_plan(self._ctx_p, ctypes.byref(args)) != 0:
+            raise MemoryError("ttk_plan: out of memory")
+        return out, float(score.value)
