@@ -56,6 +56,30 @@ def test_row_statistics_are_recomputed_from_episodes(tmp_path):
     assert cells[8] == "last"
 
 
+def test_pooled_runs_make_one_row_and_keep_their_latencies(tmp_path):
+    a = _result("tt", [[4300.0], [5100.0]], p50=250.0)
+    b = _result("tt", [[4800.0], [4900.0]], p50=300.0)
+    for ep in b["episodes"]:
+        ep["seed"] += 3  # seeds 3, 4
+    _write(tmp_path, "tt.json", {"pool": True, "results": [a, b], "note": "two runs", "checkpoint_choice": "step 7"})
+    rows, _ = load_results(tmp_path)
+    assert len(rows) == 1 and rows[0].seeds == [0, 1, 3, 4]
+    text = render_report(rows, [])
+    cells = _table_row(text[:text.index("## Per-step")], "| Trajectory Transformer")
+    flat = np.array([4300.0, 5100.0, 4800.0, 4900.0])
+    assert cells[2] == f"{flat.mean():.1f} ± {flat.std():.1f}" and cells[5].startswith("1 x 4") and cells[8] == "step 7"
+    lat = [line for line in text[text.index("## Per-step"):].splitlines() if line.startswith("| Trajectory")]
+    assert [line.split("|")[3].strip() for line in lat] == ["250.00", "300.00"]
+    assert "`tt.json`: two runs" in text
+    b["episodes"][0]["seed"] = 0  # a seed evaluated twice would be double-counted
+    _write(tmp_path, "tt.json", {"pool": True, "results": [a, b]})
+    with pytest.raises(ReportError, match="disjoint seeds"):
+        load_results(tmp_path)
+    _write(tmp_path, "tt.json", {"pool": True, "results": [a, _result("bc", [[1.0]])]})
+    with pytest.raises(ReportError, match="must share"):
+        load_results(tmp_path)
+
+
 def test_summary_is_not_trusted(tmp_path):
     res = _result("bc", [[1000.0]])
     res["summary"]["return_mean"] = 99999.0  # a stale summary must not leak into the table

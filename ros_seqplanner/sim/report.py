@@ -6,6 +6,10 @@ Two kinds of result file are understood:
   several checkpoints): ``env_id``, ``checkpoint``, ``kind``, ``config`` and per-``episodes`` returns. Optional
   top-level keys ``dataset`` (table the row goes into), ``checkpoint_choice`` ("last" / "best"; default
   "last", which is what every trainer here writes) and ``note`` (free text shown under the table).
+- several evaluation runs of one checkpoint pooled into one row: ``{"pool": true, "results": [...]}`` (e.g. more
+  seeds evaluated later). The runs must agree on env, checkpoint, kind and DT target and use disjoint seeds;
+  the top-level ``dataset`` / ``checkpoint_choice`` / ``note`` apply to the pooled row, and each run keeps its
+  own line in the latency table (latency percentiles cannot be pooled from summaries).
 - long-horizon prediction results (``"kind": "long_horizon"``, see :mod:`ros_seqplanner.sim.long_horizon`).
 
 Everything in the tables is recomputed from the per-episode entries (not copied from ``summary``), so a
@@ -57,6 +61,7 @@ class EvalRow:
     act_ms: dict[str, float] = field(default_factory=dict)
     note: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    act_runs: list[tuple[dict[str, float], int]] = field(default_factory=list)  # pooled: (act_ms, steps) per run
 
     @property
     def name(self) -> str:
@@ -140,6 +145,28 @@ def parse_eval_result(result: dict[str, Any], source: str) -> EvalRow:
                    options={k: v for k, v in (config.get("policy_options") or {}).items() if k != "target_return"})
 
 
+def pool_rows(parts: list[EvalRow], source: str, top: dict[str, Any]) -> EvalRow:
+    """One row from several runs of the same checkpoint (``{"pool": true, "results": [...]}``)."""
+    first = parts[0]
+    for r in parts[1:]:
+        if (r.env_id, r.checkpoint, r.kind, r.target_return, r.options, r.max_steps) != (
+                first.env_id, first.checkpoint, first.kind, first.target_return, first.options, first.max_steps):
+            raise ReportError(f"{source}: pooled runs must share env, checkpoint, kind, target, options and max_steps")
+    seeds = [s for r in parts for s in r.seeds]
+    if len(seeds) != len(set(seeds)):
+        raise ReportError(f"{source}: pooled runs must use disjoint seeds, got {sorted(seeds)}")
+    return EvalRow(source=source, dataset=str(top.get("dataset") or first.dataset), kind=first.kind,
+                   checkpoint=first.checkpoint, env_id=first.env_id,
+                   returns=np.concatenate([r.returns for r in parts]),
+                   scores=None if any(r.scores is None for r in parts) else np.concatenate([r.scores for r in parts]),
+                   seeds=sorted(seeds), seed_of_episode=np.concatenate([r.seed_of_episode for r in parts]),
+                   lengths=np.concatenate([r.lengths for r in parts]), max_steps=first.max_steps,
+                   target_return=first.target_return,
+                   checkpoint_choice=str(top.get("checkpoint_choice", first.checkpoint_choice)),
+                   note=str(top.get("note", "")), options=first.options,
+                   act_runs=[(r.act_ms, int(r.lengths.sum())) for r in parts if "act_ms_p50" in r.act_ms])
+
+
 def load_results(directory: str | Path) -> tuple[list[EvalRow], list[dict[str, Any]]]:
     """Read every ``*.json`` under ``directory`` -> (evaluation rows, long-horizon results)."""
     directory = Path(directory)
@@ -158,10 +185,16 @@ def load_results(directory: str | Path) -> tuple[list[EvalRow], list[dict[str, A
             horizons.append({**data, "_source": path.name})
             continue
         items = data["results"] if isinstance(data.get("results"), list) else [data]
+        parsed = []
         for i, item in enumerate(items):
             if not isinstance(item, dict):
                 raise ReportError(f"{path}: result {i} is not an object")
-            rows.append(parse_eval_result(item, path.name if len(items) == 1 else f"{path.name}[{i}]"))
+            parsed.append(parse_eval_result(item, path.name if len(items) == 1 else f"{path.name}[{i}]"))
+        if data.get("pool"):
+            if not parsed:
+                raise ReportError(f"{path}: 'pool' needs a non-empty 'results' list")
+            parsed = [pool_rows(parsed, path.name, data)]
+        rows.extend(parsed)
     return rows, horizons
 
 
@@ -196,16 +229,15 @@ def eval_table(rows: list[EvalRow]) -> list[str]:
 
 def latency_lines(rows: list[EvalRow]) -> list[str]:
     """Per-step action latency (ms) of every row that reports it; TT planning first."""
-    have = [r for r in sorted(rows, key=_row_sort_key) if "act_ms_p50" in r.act_ms]
+    have = [(r, a, n) for r in sorted(rows, key=_row_sort_key)
+            for a, n in (r.act_runs or ([(r.act_ms, int(r.lengths.sum()))] if "act_ms_p50" in r.act_ms else []))]
     if not have:
         return []
     lines = ["| model | dataset | act p50 (ms) | act p99 (ms) | act mean (ms) | steps measured |",
              "|---|---|---|---|---|---|"]
-    for r in have:
-        a = r.act_ms
+    for r, a, n in have:
         lines.append(f"| {r.name} | {r.dataset} | {a['act_ms_p50']:.2f} | "
-                     f"{a.get('act_ms_p99', float('nan')):.2f} | {a.get('act_ms_mean', float('nan')):.2f} | "
-                     f"{int(r.lengths.sum())} |")
+                     f"{a.get('act_ms_p99', float('nan')):.2f} | {a.get('act_ms_mean', float('nan')):.2f} | {n} |")
     return lines
 
 
