@@ -389,6 +389,8 @@ def test_c_decoder_rejects_out_of_range_input():
         dec.step(torch.zeros(5, dtype=torch.long), pos, 2, 0, 0, "step")  # more rows than allocated
     with pytest.raises(ValueError, match="merge"):
         dec.merge(torch.tensor([0, 1]), torch.tensor([3, 2]), 0, mc.act_dim + 1)  # winner 3 is not beam 0's
+    with pytest.raises(ValueError, match="merge"):  # a segment past the allocated history
+        dec.merge(torch.tensor([0, 1]), torch.tensor([0, 2]), 3 * (mc.transition_dim - 1), mc.act_dim + 1)
     # the whole-plan entry point: observation bins, horizon and shapes are checked before any C runs
     h, n1 = 3, mc.n_bins + 1
     args = {"discounts": torch.ones(h + 1), "mids": (torch.zeros(mc.n_bins), torch.zeros(mc.n_bins)), "pos0": pos,

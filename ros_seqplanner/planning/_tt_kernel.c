@@ -67,7 +67,7 @@ typedef struct {
     sgemm_fn sgemm;
 } ttk_ctx;
 
-int ttk_abi_version(void) { return 9; }
+int ttk_abi_version(void) { return 10; }
 int ttk_has_avx2(void) { return TTK_AVX2; }
 int ttk_ctx_size(void) { return (int)sizeof(ttk_ctx); }
 
@@ -610,10 +610,38 @@ void ttk_step(const ttk_ctx *c, const int64_t *bins, int b, int e, int pos, int 
     PT(10, gemm(c, b, c->n1b, C, c->ln, C, c->head + (size_t)d * C * c->n1b, c->n1b, 0.0f, logits, c->n1b));
 }
 
-/* After selection at planning step t = hist_len / L: segment t of new beam i starts with the step tokens of
-   candidate winners[i] (its parent's ancestry is copied by the caller into anc). */
-void ttk_merge(const ttk_ctx *c, const int64_t *winners, int n_beams, int hist_len, int step_len) {
+/* order = beams sorted by ancestry anc[w][0..t] (np.lexsort with anc[:, 0] primary; rows are unique) */
+static void ancestry_order(const ttk_ctx *c, int t) {
+    int32_t *o = c->order;
+    for (int i = 0; i < c->W; i++) o[i] = i;
+    for (int i = 1; i < c->W; i++) { /* insertion sort: few beams, and the order is mostly kept step to step */
+        const int32_t v = o[i], *rv = c->anc + (size_t)v * c->n_seg;
+        int j = i - 1;
+        for (; j >= 0; j--) {
+            const int32_t *rj = c->anc + (size_t)o[j] * c->n_seg;
+            int s = 0;
+            while (s < t && rj[s] == rv[s]) s++;
+            if (rj[s] <= rv[s]) break;
+            o[j + 1] = o[j];
+        }
+        o[j + 1] = v;
+    }
+}
+
+/* After selection at planning step t = hist_len / L: new beam i continues the ancestry of beam winners[i] / E
+   (anc rows copied, anc[i][t] = i, order recomputed) and its segment t starts with the step tokens of candidate
+   winners[i]. Returns 0, or -1 if scratch memory could not be allocated. */
+int ttk_merge(const ttk_ctx *c, const int64_t *winners, int n_beams, int hist_len, int step_len) {
     const int H = c->H, hd = c->hd, E = c->E, t = hist_len / c->L;
+    int32_t *anc = malloc(sizeof(int32_t) * (size_t)n_beams * c->n_seg);
+    if (!anc) return -1;
+    for (int i = 0; i < n_beams; i++) {
+        memcpy(anc + (size_t)i * c->n_seg, c->anc + (size_t)(winners[i] / E) * c->n_seg, sizeof(int32_t) * t);
+        anc[(size_t)i * c->n_seg + t] = i;
+    }
+    memcpy(c->anc, anc, sizeof(int32_t) * (size_t)n_beams * c->n_seg);
+    free(anc);
+    ancestry_order(c, t);
     for (int l = 0; l < c->n_layer; l++) {
         for (int h = 0; h < H; h++) {
             for (int i = 0; i < n_beams; i++) {
@@ -626,6 +654,7 @@ void ttk_merge(const ttk_ctx *c, const int64_t *winners, int n_beams, int hist_l
             }
         }
     }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -774,24 +803,6 @@ static int by_index(const void *x, const void *y) {
     return (a->i > b->i) - (a->i < b->i);
 }
 
-/* order = beams sorted by ancestry anc[w][0..t] (np.lexsort with anc[:, 0] primary; rows are unique) */
-static void ancestry_order(const ttk_ctx *c, int t) {
-    int32_t *o = c->order;
-    for (int i = 0; i < c->W; i++) o[i] = i;
-    for (int i = 1; i < c->W; i++) { /* insertion sort: few beams, and the order is mostly kept step to step */
-        const int32_t v = o[i], *rv = c->anc + (size_t)v * c->n_seg;
-        int j = i - 1;
-        for (; j >= 0; j--) {
-            const int32_t *rj = c->anc + (size_t)o[j] * c->n_seg;
-            int s = 0;
-            while (s < t && rj[s] == rv[s]) s++;
-            if (rj[s] <= rv[s]) break;
-            o[j + 1] = o[j];
-        }
-        o[j + 1] = v;
-    }
-}
-
 /* One receding-horizon plan (BeamPlanner.plan): H planning steps of expand -> sample actions -> greedy reward
    and value -> score -> keep the top W -> greedy next observation. The prefix must be set and the buffers
    allocated for (W, E) by the caller. Returns 0, or -1 if scratch memory could not be allocated. */
@@ -802,10 +813,9 @@ int ttk_plan(const ttk_ctx *c, const ttk_plan_args *a) {
                                         + 2 * (size_t)W * R + W));
     int64_t *i64 = malloc(sizeof(int64_t) * ((size_t)B * (ST + 1) + 2 * (size_t)W * H * D + W));
     scored *sel = malloc(sizeof(scored) * B);
-    int32_t *anc2 = malloc(sizeof(int32_t) * (size_t)W * c->n_seg);
-    unsigned char *taken = malloc((size_t)n1);
-    if (!lg || !i64 || !sel || !anc2 || !taken) {
-        free(lg); free(i64); free(sel); free(anc2); free(taken);
+    unsigned char *keep = malloc((size_t)n1);
+    if (!lg || !i64 || !sel || !keep) {
+        free(lg); free(i64); free(sel); free(keep);
         return -1;
     }
     float *lgw = lg + (size_t)B * n1, *p = lgw + (size_t)W * n1, *cs = p + 2 * (size_t)n1, *rhat = cs + B;
@@ -830,7 +840,7 @@ int ttk_plan(const ttk_ctx *c, const ttk_plan_args *a) {
         for (int j = 0; j < A; j++) { /* actions: sampled from the filtered distribution */
             for (int b = 0; b < B; b++) {
                 const float *x = lg + (size_t)b * n1;
-                tok[b] = st[(size_t)b * ST + j] = sample_row(x, n, a->u[((size_t)t * B + b) * A + j], a, p, taken);
+                tok[b] = st[(size_t)b * ST + j] = sample_row(x, n, a->u[((size_t)t * B + b) * A + j], a, p, keep);
                 if (a->logp) cs[b] += logp_row(x, n1, tok[b]);
             }
             ttk_step(c, tok, B, E, pos++, 2, hist, j, lg);
@@ -873,14 +883,10 @@ int ttk_plan(const ttk_ctx *c, const ttk_plan_args *a) {
         { int64_t *x = bins; bins = bins2; bins2 = x; }
         { float *x = rew; rew = rew2; rew2 = x; }
         if (t == H - 1) break;
-        /* the winners' ancestry and step tokens (CBeamDecoder.merge) */
-        for (int i = 0; i < W; i++) {
-            memcpy(anc2 + (size_t)i * c->n_seg, c->anc + (size_t)(win[i] / E) * c->n_seg, sizeof(int32_t) * t);
-            anc2[(size_t)i * c->n_seg + t] = i;
+        if (ttk_merge(c, win, W, hist, A + 1) != 0) { /* the winners' ancestry and step tokens */
+            free(lg); free(i64); free(sel); free(keep);
+            return -1;
         }
-        memcpy(c->anc, anc2, sizeof(int32_t) * (size_t)W * c->n_seg);
-        ancestry_order(c, t);
-        ttk_merge(c, win, W, hist, A + 1);
         hist += A + 1;
         /* next observation, greedy, at beam width: first the value token (query only) */
         for (int w = 0; w < W; w++) tok[w] = bins[((size_t)w * H + t) * D + D - 1];
@@ -898,7 +904,7 @@ int ttk_plan(const ttk_ctx *c, const ttk_plan_args *a) {
     for (int w = 1; w < W; w++) if (score[w] > score[best]) best = w;
     memcpy(a->out_bins, bins + (size_t)best * H * D, sizeof(int64_t) * H * D);
     *a->out_score = score[best];
-    free(lg); free(i64); free(sel); free(anc2); free(taken);
+    free(lg); free(i64); free(sel); free(keep);
     return 0;
 }
 
@@ -910,9 +916,9 @@ int ttk_sample_rows(const float *logits, int rows, int n, int ld, const float *u
     memset(&a, 0, sizeof(a));
     a.use_cdf = use_cdf; a.cdf = cdf; a.topk = topk;
     float *p = malloc(sizeof(float) * 2 * (size_t)n);
-    unsigned char *taken = malloc((size_t)n);
-    if (!p || !taken) { free(p); free(taken); return -1; }
-    for (int r = 0; r < rows; r++) out[r] = sample_row(logits + (size_t)r * ld, n, u[r], &a, p, taken);
-    free(p); free(taken);
+    unsigned char *keep = malloc((size_t)n);
+    if (!p || !keep) { free(p); free(keep); return -1; }
+    for (int r = 0; r < rows; r++) out[r] = sample_row(logits + (size_t)r * ld, n, u[r], &a, p, keep);
+    free(p); free(keep);
     return 0;
 }

@@ -35,7 +35,7 @@ from ros_seqplanner.nets.tt import PrefixState, TrajectoryTransformer
 from ros_seqplanner.planning.engine import layer_weights
 
 SOURCE = Path(__file__).with_name("_tt_kernel.c")
-ABI_VERSION = 9
+ABI_VERSION = 10
 CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=gnu11")
 LOAD_ERROR: str | None = None
 _LIB: ctypes.CDLL | None = None
@@ -148,7 +148,7 @@ def load_kernel() -> ctypes.CDLL | None:
     lib.ttk_step.argtypes = [_p, _p, _i, _i, _i, _i, _i, _i, _p]
     lib.ttk_step.restype = None
     lib.ttk_merge.argtypes = [_p, _p, _i, _i, _i]
-    lib.ttk_merge.restype = None
+    lib.ttk_merge.restype = _i
     lib.ttk_plan.argtypes = [_p, _p]
     lib.ttk_plan.restype = _i
     lib.ttk_sample_rows.argtypes = [_p, _i, _i, _i, _p, _i, ctypes.c_float, _i, _p]
@@ -324,18 +324,15 @@ class CBeamDecoder:
         """After selection at the planning step ending at ``hist_len``: beam i continues the ancestry of
         ``parent[i]`` and its new segment starts with the step tokens of candidate ``winners[i]``."""
         t = hist_len // self.seg_len
-        if hist_len % self.seg_len or step_len != self._shape[3]:
-            raise ValueError("merge expects whole planning steps")
+        if hist_len % self.seg_len or step_len != self._shape[3] or not 0 <= t < self.anc.shape[1]:
+            raise ValueError("merge expects whole planning steps within the allocated history")
         par = parent.cpu().numpy()
         w, e = self._shape[:2]
         win = np.ascontiguousarray(winners.cpu().numpy(), dtype=np.int64)
         if par.shape != (w,) or win.shape != (w,) or (win // e != par).any() or par.min() < 0 or par.max() >= w:
             raise ValueError("merge: parent / winners must be (W,) with winners[i] // E == parent[i] < W")
-        if t:
-            self.anc[:, :t] = self.anc[par, :t]
-        self.anc[:, t] = np.arange(self.anc.shape[0], dtype=np.int32)
-        self.order[:] = np.lexsort(self.anc[:, t::-1].T)  # ancestry order: anc[:, 0] is the primary key
-        self.lib.ttk_merge(self._ctx_p, win.ctypes.data, w, hist_len, step_len)
+        if self.lib.ttk_merge(self._ctx_p, win.ctypes.data, w, hist_len, step_len) != 0:  # ancestry + order too
+            raise MemoryError("ttk_merge: out of memory")
 
     def plan(self, last_logits: torch.Tensor, first_obs: torch.Tensor, u: torch.Tensor, discounts: torch.Tensor,
              mids: tuple[torch.Tensor, torch.Tensor], pos0: int, beams: int, expand: int,
