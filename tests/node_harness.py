@@ -16,6 +16,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, QoSProfile
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray, String
 
@@ -81,6 +82,9 @@ def factory_for(policy: Any) -> Callable[..., Any]:
     return make
 
 
+PROBE_COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=COMMAND_QOS.reliability)
+
+
 class Probe(Node):
     """Publishes state / reward / e-stop / events and records commands, plans and diagnostics."""
 
@@ -96,7 +100,10 @@ class Probe(Node):
         self.diagnostics: list[Any] = []
         self.plans: list[Float64MultiArray] = []
         self._lock = threading.Lock()
-        self.create_subscription(Float64MultiArray, command_topic, self._on_cmd, COMMAND_QOS)
+        # The probe records every command: a reader cache of COMMAND_QOS's depth 1 lets a command that arrives
+        # before the probe's executor took the previous one overwrite it (seen in lockstep, where the next
+        # command follows within a millisecond), so only the depth differs from the controllers' profile.
+        self.create_subscription(Float64MultiArray, command_topic, self._on_cmd, PROBE_COMMAND_QOS)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         self.create_subscription(Float64MultiArray, "/seqplanner/plan", self.plans.append, 10)
 

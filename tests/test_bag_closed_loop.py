@@ -138,11 +138,12 @@ class Harness:
 
     def __init__(self, context, policy: Any, **params: Any) -> None:
         import rclpy
+        from node_harness import PROBE_COMMAND_QOS  # records every command (see node_harness.Probe)
         from rclpy.executors import MultiThreadedExecutor
         from rclpy.parameter import Parameter
         from std_msgs.msg import Float64MultiArray
 
-        from ros_seqplanner.nodes.planner_node import COMMAND_QOS, PlannerNode, autostart
+        from ros_seqplanner.nodes.planner_node import PlannerNode, autostart
 
         settings = {"checkpoint": "replay", "planner": "auto", "publish_on": "new_state", **NODE_PARAMS, **params}
         self.node = PlannerNode(context=context, policy_factory=lambda c, d, **o: policy,
@@ -150,7 +151,7 @@ class Harness:
         self.sink = rclpy.create_node("command_sink", context=context)
         self.commands: list[tuple[float, np.ndarray]] = []
         self.sink.create_subscription(Float64MultiArray, COMMANDS, lambda m: self.commands.append(
-            (time.monotonic(), np.array(m.data))), COMMAND_QOS)
+            (time.monotonic(), np.array(m.data))), PROBE_COMMAND_QOS)
         self.executor = MultiThreadedExecutor(num_threads=4, context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.sink)
