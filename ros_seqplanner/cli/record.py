@@ -122,11 +122,19 @@ def record_closed_loop(out: str | Path, *, env: str = "halfcheetah", checkpoint:
                 raise RuntimeError(f"episode did not finish within {timeout_s} s ({bridge.steps} steps)")
             time.sleep(0.01)
         # Let the last state's command, plan and events arrive, and at least one diagnostics message
-        # (bounded: a loaded machine can delay them well past one diagnostics period).
+        # (bounded: a loaded machine can delay them well past one diagnostics period). In lockstep every
+        # state (the initial one and one per step) is answered by one command, the last one after the bridge
+        # has finished: wait for it too, or the bag can end one command short.
         settle = time.monotonic() + 3.0
         time.sleep(0.3)
-        while "/diagnostics" in recorder.received and recorder.received["/diagnostics"] < 1 \
-                and time.monotonic() < settle:
+        cmd_topic = node.p("command_topic")
+
+        def pending() -> bool:
+            got = recorder.received
+            return ("/diagnostics" in got and got["/diagnostics"] < 1) or \
+                (cmd_topic in got and got[cmd_topic] < bridge.steps + 1)
+
+        while pending() and time.monotonic() < settle:
             time.sleep(0.02)
         ok = True
         return {"bag": Path(out), "return": bridge.returns[-1], "steps": bridge.steps,
