@@ -61,7 +61,8 @@ class EvalRow:
     act_ms: dict[str, float] = field(default_factory=dict)
     note: str = ""
     options: dict[str, Any] = field(default_factory=dict)
-    act_runs: list[tuple[dict[str, float], int]] = field(default_factory=list)  # pooled: (act_ms, steps) per run
+    device: str = "cpu"
+    act_runs: list[tuple[dict[str, float], int, list[int]]] = field(default_factory=list)  # pooled: per run
 
     @property
     def name(self) -> str:
@@ -141,7 +142,7 @@ def parse_eval_result(result: dict[str, Any], source: str) -> EvalRow:
                    seed_of_episode=seeds_ep, lengths=lengths, max_steps=config.get("max_steps"),
                    target_return=None if target is None else float(target),
                    checkpoint_choice=str(result.get("checkpoint_choice", "last")), act_ms=act,
-                   note=str(result.get("note", "")),
+                   note=str(result.get("note", "")), device=str(config.get("device", "cpu")),
                    options={k: v for k, v in (config.get("policy_options") or {}).items() if k != "target_return"})
 
 
@@ -155,6 +156,7 @@ def pool_rows(parts: list[EvalRow], source: str, top: dict[str, Any]) -> EvalRow
     seeds = [s for r in parts for s in r.seeds]
     if len(seeds) != len(set(seeds)):
         raise ReportError(f"{source}: pooled runs must use disjoint seeds, got {sorted(seeds)}")
+    devices = sorted({r.device for r in parts})
     return EvalRow(source=source, dataset=str(top.get("dataset") or first.dataset), kind=first.kind,
                    checkpoint=first.checkpoint, env_id=first.env_id,
                    returns=np.concatenate([r.returns for r in parts]),
@@ -163,8 +165,8 @@ def pool_rows(parts: list[EvalRow], source: str, top: dict[str, Any]) -> EvalRow
                    lengths=np.concatenate([r.lengths for r in parts]), max_steps=first.max_steps,
                    target_return=first.target_return,
                    checkpoint_choice=str(top.get("checkpoint_choice", first.checkpoint_choice)),
-                   note=str(top.get("note", "")), options=first.options,
-                   act_runs=[(r.act_ms, int(r.lengths.sum())) for r in parts if "act_ms_p50" in r.act_ms])
+                   note=str(top.get("note", "")), options=first.options, device="/".join(devices),
+                   act_runs=[(r.act_ms, int(r.lengths.sum()), r.seeds) for r in parts if "act_ms_p50" in r.act_ms])
 
 
 def load_results(directory: str | Path) -> tuple[list[EvalRow], list[dict[str, Any]]]:
@@ -228,16 +230,18 @@ def eval_table(rows: list[EvalRow]) -> list[str]:
 
 
 def latency_lines(rows: list[EvalRow]) -> list[str]:
-    """Per-step action latency (ms) of every row that reports it; TT planning first."""
-    have = [(r, a, n) for r in sorted(rows, key=_row_sort_key)
-            for a, n in (r.act_runs or ([(r.act_ms, int(r.lengths.sum()))] if "act_ms_p50" in r.act_ms else []))]
+    """Per-step action latency (ms) of every row that reports it (one line per run of a pooled row); TT first."""
+    have = [(r, a, n, seeds) for r in sorted(rows, key=_row_sort_key)
+            for a, n, seeds in (r.act_runs or ([(r.act_ms, int(r.lengths.sum()), r.seeds)]
+                                               if "act_ms_p50" in r.act_ms else []))]
     if not have:
         return []
-    lines = ["| model | dataset | act p50 (ms) | act p99 (ms) | act mean (ms) | steps measured |",
-             "|---|---|---|---|---|---|"]
-    for r, a, n in have:
-        lines.append(f"| {r.name} | {r.dataset} | {a['act_ms_p50']:.2f} | "
-                     f"{a.get('act_ms_p99', float('nan')):.2f} | {a.get('act_ms_mean', float('nan')):.2f} | {n} |")
+    lines = ["| model | dataset | device | act p50 (ms) | act p99 (ms) | act mean (ms) | steps measured | run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r, a, n, seeds in have:
+        lines.append(f"| {r.name} | {r.dataset} | {r.device} | {a['act_ms_p50']:.2f} | "
+                     f"{a.get('act_ms_p99', float('nan')):.2f} | {a.get('act_ms_mean', float('nan')):.2f} | {n} | "
+                     f"`{r.source}` (seeds {', '.join(map(str, seeds))}) |")
     return lines
 
 
