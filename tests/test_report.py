@@ -146,6 +146,14 @@ def test_long_horizon_section(tmp_path):
     assert _table_row(text, "| mlp") == ["mlp", "0.100", "0.500", "1.500", ""]
     assert _table_row(text, "| tt") == ["tt", "0.300", "0.400", "n/a", "w"]
     assert "![open-loop prediction error](long_horizon.png)" in text
+    assert "## Long-horizon open-loop prediction\n" in text  # no env_id: plain title
+    _write(tmp_path, "lh_hopper.json", {**lh, "env_id": "Hopper-v5", "plot": "lh_hopper.png",
+                                         "models": {"mlp": {"error": [9.0, 9.0, 9.0, 9.0]}}})
+    _write(tmp_path, "lh.json", {**lh, "env_id": "HalfCheetah-v5"})
+    text = render_report(*load_results(tmp_path))
+    cheetah, hopper = (text.index(f"## Long-horizon open-loop prediction ({e})")
+                       for e in ("HalfCheetah-v5", "Hopper-v5"))
+    assert cheetah < hopper and "9.000" in text[hopper:] and "9.000" not in text[cheetah:hopper]
 
 
 @pytest.mark.parametrize("content, match", [

@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     tt = load_tt(args.tt)[:2] if args.tt else None
     mlp = load_dynamics(args.mlp)[0] if args.mlp else None
     res = compare(data.episodes[:args.episodes], args.horizon, args.starts, tt, mlp)
-    res.update(dataset=Path(args.dataset).name, tt_checkpoint=args.tt, mlp_checkpoint=args.mlp)
+    res.update(dataset=Path(args.dataset).name, env_id=data.env_id, tt_checkpoint=args.tt, mlp_checkpoint=args.mlp)
     if args.plot:
         res["plot"] = str(Path(args.plot).name)
         plot(res, args.plot)

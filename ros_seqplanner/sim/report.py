@@ -292,8 +292,9 @@ def render_report(rows: list[EvalRow], horizons: list[dict[str, Any]], title: st
         out += ["## Per-step action latency (TT: one beam-search plan per step)", "",
                 "Measured inside `seqplanner evaluate` (wall time of `policy.act`), on the machine that ran it.",
                 "", *lat, ""]
-    for h in horizons:
-        out += ["## Long-horizon open-loop prediction", "", *horizon_lines(h), ""]
+    for h in sorted(horizons, key=lambda h: str(h.get("env_id", ""))):
+        env = f" ({h['env_id']})" if h.get("env_id") else ""
+        out += [f"## Long-horizon open-loop prediction{env}", "", *horizon_lines(h), ""]
     for section, image in (images or {}).items():
         out += [f"## {section}", "", f"![{section}]({image})", ""]
     return "\n".join(out).rstrip() + "\n"
