@@ -163,6 +163,9 @@ def test_from_checkpoint_uses_preset_gamma_and_overrides(tmp_path):
     assert pol2.config.horizon == 5 and pol2.config.plan_freq == 1
     with pytest.raises(ValueError, match="unknown planner options"):
         TTPolicy.from_checkpoint(path, beam=3)
+    with pytest.raises(ValueError, match=r"horizon 21 \(preset hopper-medium\) exceeds .* block of 20.*horizon=10"):
+        TTPolicy.from_checkpoint(path, horizon=21)
+    assert TTPolicy.from_checkpoint(path, beam_width=2).config.horizon == 15  # the preset's, fits 20
 
 
 def test_presets_follow_the_official_config():

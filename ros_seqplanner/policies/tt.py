@@ -79,6 +79,14 @@ class TTPolicy:
         if model.cfg.goal_conditioned and "mode" not in planner_overrides:
             cfg = replace(cfg, mode="goal")
         cfg = replace(cfg, **planner_overrides)
+        if cfg.horizon > model.cfg.max_transitions:
+            # The official planner crops its input to the block and re-encodes; our K/V-cached planner keeps
+            # context + horizon inside one block, so a preset's horizon must fit the trained block.
+            raise ValueError(
+                f"planner horizon {cfg.horizon} (preset {name or 'base'}) exceeds the model's block of "
+                f"{model.cfg.max_transitions} transitions; pass a shorter horizon, e.g. horizon="
+                f"{max(1, model.cfg.max_transitions // 2)} (CLI: --option horizon=N), or train with a longer "
+                "--max-transitions")
         low, high = _bounds(meta, model.cfg.act_dim)
         if dtype is None:
             dtype = torch.bfloat16 if model.head.device.type == "cuda" else torch.float32
