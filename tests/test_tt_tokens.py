@@ -135,3 +135,44 @@ def test_goal_windows_use_final_observation():
     *_, goal = win.batch(np.array([0, 5]))
     last_obs = ds.episodes[1].observations[-1]  # no final_observation stored -> last observation
     assert goal[1].tolist() == bins_to_tokens(disc.encode_dims(last_obs[None], 0, 2), 8)[0].tolist()
+
+
+def _hopper_like(n_eps: int = 40, seed: int = 0) -> EpisodeDataset:
+    """Episodes that start slowly (reward ~0.5) and mostly end by falling, like hopper-medium."""
+    rng = np.random.default_rng(seed)
+    eps = []
+    for i in range(n_eps):
+        t = int(rng.integers(30, 60))
+        rewards = np.r_[rng.uniform(0.4, 0.9, 3), rng.uniform(2.0, 4.0, t - 3)]
+        eps.append(Episode(rng.normal(size=(t, 2)), rng.normal(size=(t, 1)), rewards,
+                           terminated=i % 4 != 0, truncated=i % 4 == 0))
+    return EpisodeDataset(eps)
+
+
+def test_terminal_rewards_get_their_own_bin():
+    ds = _hopper_like()
+    disc = fit_discretizer(ds, n_bins=20, gamma=0.9, termination_penalty=-100.0)
+    r = 3  # obs 2 + act 1
+    rows = np.concatenate([episode_transitions(ep, 0.9, -100.0) for ep in ds])
+    last = np.cumsum([len(ep.rewards) for ep in ds]) - 1
+    terminal = np.zeros(len(rows), dtype=bool)
+    terminal[last[[ep.terminated for ep in ds]]] = True
+    bins = disc.encode(rows)[:, r]
+    assert np.all(bins[terminal] == 0) and np.all(bins[~terminal] >= 1)  # bin 0 holds exactly the terminal steps
+    # the slow start decodes near its true value, not near penalty / 2 as with plain quantile bins
+    start = rows[[0 if i == 0 else last[i - 1] + 1 for i in range(len(ds))], r]
+    assert np.abs(disc.decode(disc.encode(rows))[~terminal, r] - rows[~terminal, r]).max() < 1.0
+    plain = Discretizer.fit(rows, n_bins=20)
+    assert np.abs(plain.decode(plain.encode(rows))[~terminal, r] - rows[~terminal, r]).max() > 40
+    assert plain.midpoints_np[r, 0] < -40 and plain.encode(rows)[:, r][terminal].max() == 0
+    assert np.any(plain.encode(rows)[:, r][~terminal] == 0)  # the bug this fixes: ordinary steps in the penalty bin
+    assert np.all(disc.decode(disc.encode(rows))[:, r][~terminal] > 0) and start.max() < 1.0
+    # other columns and strategies are the plain fit
+    np.testing.assert_array_equal(np.delete(disc.edges, r, axis=0), np.delete(plain.edges, r, axis=0))
+    uni = fit_discretizer(ds, n_bins=20, strategy="uniform", gamma=0.9)
+    np.testing.assert_array_equal(uni.edges, Discretizer.fit(rows, n_bins=20, strategy="uniform").edges)
+    # no terminations, or a penalty that does not separate them: plain quantiles
+    for kwargs in ({"termination_penalty": 0.0}, {"termination_penalty": 1.0}):
+        rows_k = np.concatenate([episode_transitions(ep, 0.9, kwargs["termination_penalty"]) for ep in ds])
+        np.testing.assert_array_equal(fit_discretizer(ds, n_bins=20, gamma=0.9, **kwargs).edges,
+                                      Discretizer.fit(rows_k, n_bins=20).edges)

@@ -46,9 +46,45 @@ def dataset_transitions(dataset: EpisodeDataset, gamma: float = 0.99,
 
 def fit_discretizer(dataset: EpisodeDataset, n_bins: int = 100, strategy: str = "quantile", gamma: float = 0.99,
                     termination_penalty: float = -100.0) -> Discretizer:
-    """Fit a per-dimension discretizer on every transition (obs, action, reward, value) of ``dataset``."""
-    joined = np.concatenate(dataset_transitions(dataset, gamma, termination_penalty), axis=0)
-    return Discretizer.fit(joined, n_bins=n_bins, strategy=strategy)
+    """Fit a per-dimension discretizer on every transition (obs, action, reward, value) of ``dataset``.
+
+    Quantile strategy with terminations: the penalised terminal rewards get the lowest reward bin to
+    themselves (see :func:`isolate_terminal_rewards`)."""
+    per_episode = dataset_transitions(dataset, gamma, termination_penalty)
+    joined = np.concatenate(per_episode, axis=0)
+    disc = Discretizer.fit(joined, n_bins=n_bins, strategy=strategy)
+    if strategy != "quantile" or not termination_penalty or n_bins < 3:
+        return disc
+    r = dataset.obs_dim + dataset.act_dim
+    last = np.cumsum([len(t) for t in per_episode]) - 1
+    terminal = np.zeros(len(joined), dtype=bool)
+    terminal[last[[ep.terminated for ep in dataset]]] = True
+    edges = isolate_terminal_rewards(disc.edges[r], joined[:, r], terminal, n_bins)
+    if edges is disc.edges[r]:
+        return disc
+    all_edges = disc.edges.copy()
+    all_edges[r] = edges
+    return Discretizer(all_edges, strategy)
+
+
+def isolate_terminal_rewards(edges: np.ndarray, rewards: np.ndarray, terminal: np.ndarray,
+                             n_bins: int) -> np.ndarray:
+    """Reward edges whose bin 0 holds only the penalised terminal rewards (returns ``edges`` if unneeded).
+
+    Deviation from the official code. With equal-mass bins and ~0.2 % terminal transitions (hopper), the
+    lowest reward bin spans [penalty, ~1]: it also holds every ordinary reward of its 1 % quantile (the
+    standing start of each episode), and its midpoint (~penalty / 2) makes the planner believe those
+    steps are catastrophic (the hopper then falls within 11 steps). The official code avoids this only
+    by accident: it fits on zero-padded sequences, so padding zeros fill the low bins. Here bin 0 is
+    [min terminal reward, min ordinary reward] and the other N-1 bins are quantiles of the ordinary rewards."""
+    if not terminal.any() or terminal.all():
+        return edges
+    ordinary, term = rewards[~terminal].astype(np.float64), rewards[terminal].astype(np.float64)
+    if term.max() >= ordinary.min():
+        return edges  # penalty does not separate the terminal rewards: keep the plain quantiles
+    rest = np.maximum.accumulate(np.quantile(ordinary, np.linspace(0.0, 1.0, n_bins)))
+    rest[0], rest[-1] = ordinary.min(), ordinary.max()
+    return np.concatenate([[term.min()], rest])
 
 
 def bins_to_tokens(bins: np.ndarray | torch.Tensor, n_bins: int, start_dim: int = 0) -> np.ndarray | torch.Tensor:
