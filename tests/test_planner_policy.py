@@ -166,6 +166,16 @@ def test_from_checkpoint_uses_preset_gamma_and_overrides(tmp_path):
     with pytest.raises(ValueError, match=r"horizon 21 \(preset hopper-medium\) exceeds .* block of 20.*horizon=10"):
         TTPolicy.from_checkpoint(path, horizon=21)
     assert TTPolicy.from_checkpoint(path, beam_width=2).config.horizon == 15  # the preset's, fits 20
+    # a checkpoint can ship its own planner settings: they beat the preset, the caller's beat them
+    meta_path = tmp_path / "tt.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "planner": {"horizon": 3, "beam_width": 4}}))
+    shipped = TTPolicy.from_checkpoint(path)
+    assert (shipped.config.horizon, shipped.config.beam_width, shipped.config.plan_freq) == (3, 4, 5)
+    assert TTPolicy.from_checkpoint(path, horizon=2).config.horizon == 2
+    meta_path.write_text(json.dumps({**meta, "planner": {"beam": 4}}))
+    with pytest.raises(ValueError, match="checkpoint 'planner' must be"):
+        TTPolicy.from_checkpoint(path)
 
 
 def test_presets_follow_the_official_config():

@@ -63,7 +63,8 @@ class TTPolicy:
                         seed: int = 0, dtype: torch.dtype | None = None, **planner_overrides: Any) -> TTPolicy:
         """Load a TT checkpoint. Planner settings: ``preset`` (a name from
         :mod:`ros_seqplanner.planning.presets`), else the preset matching the checkpoint's dataset id, else
-        the official base settings; then ``planner_overrides`` (PlannerConfig fields). The discount
+        the official base settings; then the checkpoint's own ``"planner"`` settings (a JSON object of
+        PlannerConfig fields, e.g. a horizon that fits its block); then ``planner_overrides``. The discount
         defaults to the checkpoint's training ``gamma``. ``dtype``: decoder dtype, default float32 on CPU
         and bfloat16 on CUDA (bf16 plans are not bit-identical to fp32 ones)."""
         model, disc, meta = load_tt(path, device)
@@ -78,6 +79,10 @@ class TTPolicy:
             cfg = replace(cfg, discount=float(gamma))
         if model.cfg.goal_conditioned and "mode" not in planner_overrides:
             cfg = replace(cfg, mode="goal")
+        shipped = meta.get("planner") or {}
+        if not isinstance(shipped, dict) or set(shipped) - PlannerConfig.field_names():
+            raise ValueError(f"{path}: checkpoint 'planner' must be an object of {sorted(PlannerConfig.field_names())}")
+        cfg = replace(cfg, **shipped)
         cfg = replace(cfg, **planner_overrides)
         if cfg.horizon > model.cfg.max_transitions:
             # The official planner crops its input to the block and re-encodes; our K/V-cached planner keeps
