@@ -289,8 +289,10 @@ def render_report(rows: list[EvalRow], horizons: list[dict[str, Any]], title: st
             out += [*notes, ""]
     lat = latency_lines(rows)
     if lat:
-        out += ["## Per-step action latency (TT: one beam-search plan per step)", "",
-                "Measured inside `seqplanner evaluate` (wall time of `policy.act`), on the machine that ran it.",
+        out += ["## Per-step action latency", "",
+                "Measured inside `seqplanner evaluate` (wall time of `policy.act`), on the machine that ran it. "
+                "A TT policy plans every `plan_freq` steps (preset: 1 for halfcheetah, 5 for hopper) and replays "
+                "its plan in between, so with plan_freq > 1 p50 is a replayed step and p99 a planning step.",
                 "", *lat, ""]
     for h in sorted(horizons, key=lambda h: str(h.get("env_id", ""))):
         env = f" ({h['env_id']})" if h.get("env_id") else ""
