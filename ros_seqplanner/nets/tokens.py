@@ -59,17 +59,16 @@ def fit_discretizer(dataset: EpisodeDataset, n_bins: int = 100, strategy: str = 
     last = np.cumsum([len(t) for t in per_episode]) - 1
     terminal = np.zeros(len(joined), dtype=bool)
     terminal[last[[ep.terminated for ep in dataset]]] = True
-    edges = isolate_terminal_rewards(disc.edges[r], joined[:, r], terminal, n_bins)
-    if edges is disc.edges[r]:
+    edges = isolate_terminal_rewards(joined[:, r], terminal, n_bins)
+    if edges is None:
         return disc
     all_edges = disc.edges.copy()
     all_edges[r] = edges
     return Discretizer(all_edges, strategy)
 
 
-def isolate_terminal_rewards(edges: np.ndarray, rewards: np.ndarray, terminal: np.ndarray,
-                             n_bins: int) -> np.ndarray:
-    """Reward edges whose bin 0 holds only the penalised terminal rewards (returns ``edges`` if unneeded).
+def isolate_terminal_rewards(rewards: np.ndarray, terminal: np.ndarray, n_bins: int) -> np.ndarray | None:
+    """Reward edges whose bin 0 holds only the penalised terminal rewards (None if that is not needed).
 
     Deviation from the official code. With equal-mass bins and ~0.2 % terminal transitions (hopper), the
     lowest reward bin spans [penalty, ~1]: it also holds every ordinary reward of its 1 % quantile (the
@@ -78,10 +77,10 @@ def isolate_terminal_rewards(edges: np.ndarray, rewards: np.ndarray, terminal: n
     by accident: it fits on zero-padded sequences, so padding zeros fill the low bins. Here bin 0 is
     [min terminal reward, min ordinary reward] and the other N-1 bins are quantiles of the ordinary rewards."""
     if not terminal.any() or terminal.all():
-        return edges
+        return None
     ordinary, term = rewards[~terminal].astype(np.float64), rewards[terminal].astype(np.float64)
     if term.max() >= ordinary.min():
-        return edges  # penalty does not separate the terminal rewards: keep the plain quantiles
+        return None  # penalty does not separate the terminal rewards: keep the plain quantiles
     rest = np.maximum.accumulate(np.quantile(ordinary, np.linspace(0.0, 1.0, n_bins)))
     rest[0], rest[-1] = ordinary.min(), ordinary.max()
     return np.concatenate([[term.min()], rest])
