@@ -291,8 +291,9 @@ def render_report(rows: list[EvalRow], horizons: list[dict[str, Any]], title: st
     if lat:
         out += ["## Per-step action latency", "",
                 "Measured inside `seqplanner evaluate` (wall time of `policy.act`), on the machine that ran it. "
-                "A TT policy plans every `plan_freq` steps (preset: 1 for halfcheetah, 5 for hopper) and replays "
-                "its plan in between, so with plan_freq > 1 p50 is a replayed step and p99 a planning step.",
+                "A TT policy plans every `plan_freq` steps (presets: 5 for hopper-medium, 1 for the others) "
+                "and replays its plan in between, so with plan_freq > 1 p50 is a replayed step "
+                "and p99 a planning step.",
                 "", *lat, ""]
     for h in sorted(horizons, key=lambda h: str(h.get("env_id", ""))):
         env = f" ({h['env_id']})" if h.get("env_id") else ""
