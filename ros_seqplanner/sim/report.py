@@ -303,11 +303,16 @@ def render_report(rows: list[EvalRow], horizons: list[dict[str, Any]], title: st
     return "\n".join(out).rstrip() + "\n"
 
 
+def build_report(results_dir: str | Path, out: str | Path, title: str = "Results") -> str:
+    """The report text for ``results_dir`` as it will be written to ``out`` (images that sit beside ``out``)."""
+    rows, horizons = load_results(results_dir)
+    images = {title_: name for name, title_ in OPTIONAL_IMAGES.items() if (Path(out).parent / name).is_file()}
+    return render_report(rows, horizons, title, images)
+
+
 def write_report(results_dir: str | Path, out: str | Path, title: str = "Results") -> Path:
     """Load ``results_dir`` and write the markdown report to ``out``; returns the path."""
-    rows, horizons = load_results(results_dir)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    images = {title_: name for name, title_ in OPTIONAL_IMAGES.items() if (out.parent / name).is_file()}
-    out.write_text(render_report(rows, horizons, title, images))
+    out.write_text(build_report(results_dir, out, title))
     return out
