@@ -161,7 +161,7 @@ def test_from_checkpoint_uses_preset_gamma_and_overrides(tmp_path):
     assert np.all(np.abs(a) <= 0.3 + 1e-6)
     pol2 = TTPolicy.from_checkpoint(path, preset="walker2d-medium-expert", beam_width=2)
     assert pol2.config.horizon == 5 and pol2.config.plan_freq == 1
-    with pytest.raises(ValueError, match="unknown planner options"):
+    with pytest.raises(ValueError, match=r"planner options: unknown \['beam'\]"):
         TTPolicy.from_checkpoint(path, beam=3)
     with pytest.raises(ValueError, match=r"horizon 21 \(preset hopper-medium\) exceeds .* block of 20.*horizon=10"):
         TTPolicy.from_checkpoint(path, horizon=21)
@@ -173,9 +173,11 @@ def test_from_checkpoint_uses_preset_gamma_and_overrides(tmp_path):
     shipped = TTPolicy.from_checkpoint(path)
     assert (shipped.config.horizon, shipped.config.beam_width, shipped.config.plan_freq) == (3, 4, 5)
     assert TTPolicy.from_checkpoint(path, horizon=2).config.horizon == 2
-    meta_path.write_text(json.dumps({**meta, "planner": {"beam": 4}}))
-    with pytest.raises(ValueError, match="checkpoint 'planner' must be"):
-        TTPolicy.from_checkpoint(path)
+    for bad, why in (({"beam": 4}, r"'planner': unknown \['beam'\]"), ({"horizon": "3"}, "horizon must be int"),
+                     ([3], "'planner' must be an object"), ({"cdf_act": 1.5}, r"cdf_act must be in \[0, 1\)")):
+        meta_path.write_text(json.dumps({**meta, "planner": bad}))
+        with pytest.raises(ValueError, match=why):
+            TTPolicy.from_checkpoint(path)
 
 
 def test_presets_follow_the_official_config():

@@ -101,7 +101,33 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
         train_tt(ds, TTTrainConfig(**{**TINY, "n_embd": 64}, max_steps=6), tmp_path / "x", resume=half)
 
 
-def test_cli_trains_from_a_d4rl_hdf5_file(tmp_path):
+def test_checkpoints_ship_the_planner_settings_given_at_training(tmp_path):
+    from ros_seqplanner.policies.tt import TTPolicy
+
+    ds = toy_dataset(n_episodes=4, length=20, seed=3)
+    cfg = TTTrainConfig(**TINY, max_steps=4, seed=5)
+    half = train_tt(ds, TTTrainConfig(**TINY, max_steps=4, seed=5, stop_at_step=2), tmp_path / "half",
+                    planner={"horizon": 3, "beam_width": 4, "discount": 1})
+    assert load_tt(half)[2]["planner"] == {"horizon": 3, "beam_width": 4, "discount": 1.0}
+    pol = TTPolicy.from_checkpoint(half)
+    assert (pol.config.horizon, pol.config.beam_width, pol.config.discount) == (3, 4, 1.0)
+    assert np.all(np.isfinite(pol.act(ds.episodes[0].observations[0], None)))
+    # a resumed run keeps them unless told otherwise
+    assert load_tt(train_tt(ds, cfg, tmp_path / "kept", resume=half))[2]["planner"]["horizon"] == 3
+    assert load_tt(train_tt(ds, cfg, tmp_path / "new", resume=half, planner={"horizon": 2}))[2]["planner"] == {
+        "horizon": 2}
+    # without settings nothing is shipped, and a preset horizon the block cannot hold is flagged
+    with pytest.warns(UserWarning, match=r"horizon 15 \(preset None\) does not fit the block of 4"):
+        plain = train_tt(ds, TTTrainConfig(**TINY, max_steps=1), tmp_path / "plain")
+    assert "planner" not in load_tt(plain)[2]
+    for bad, why in (({"horizon": 5}, r"horizon 5 \(--planner\) does not fit the block of 4.*N <= 4"),
+                     ({"beam": 3}, r"--planner: unknown \['beam'\]"), ({"horizon": 2.5}, "horizon must be int")):
+        with pytest.raises(ValueError, match=why):
+            train_tt(ds, cfg, tmp_path / "bad", planner=bad)
+        assert not (tmp_path / "bad.json").exists()
+
+
+def test_cli_trains_from_a_d4rl_hdf5_file(tmp_path, capsys):
     ds = toy_dataset(n_episodes=3, length=12, seed=4)
     flat = ds.to_flat()
     with h5py.File(tmp_path / "toy.hdf5", "w") as f:
@@ -115,6 +141,17 @@ def test_cli_trains_from_a_d4rl_hdf5_file(tmp_path):
     assert meta["env_id"] == "Toy-v0" and meta["step"] == 2 and disc.n_bins == 8
     assert meta["dataset_stats"]["terminated"] == 1 and meta["dataset_stats"]["transitions"] == ds.num_transitions
     assert cli_main(["train", "tt", "--dataset", str(tmp_path / "nope.hdf5"), "--out", str(tmp_path / "m2")]) == 2
+    assert "planner" not in meta
+    args = ["train", "tt", "--dataset", str(tmp_path / "toy.hdf5"), "--out", str(tmp_path / "p"), "--steps", "1",
+            "--batch-size", "4", "--n-bins", "8", "--max-transitions", "3", "--n-layer", "1", "--n-embd", "16",
+            "--n-head", "2", "--no-progress"]
+    assert cli_main([*args, "--planner", "horizon=2", "--planner", "cdf_act=null", "--planner", "mode=imitation"]) == 0
+    assert load_tt(tmp_path / "p")[2]["planner"] == {"horizon": 2, "cdf_act": None, "mode": "imitation"}
+    capsys.readouterr()
+    assert cli_main([*args, "--out", str(tmp_path / "q"), "--planner", "mode=walk"]) == 2
+    assert "--planner: mode must be one of" in capsys.readouterr().err and not (tmp_path / "q.json").exists()
+    with pytest.raises(SystemExit):
+        cli_main([*args, "--planner", "horizon"])
 
 
 def test_goal_conditioned_training_and_checkpoint(tmp_path):

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ros_seqplanner.data.episodes import EpisodeDataset
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """argparse type for ``KEY=VALUE``: the value is read as JSON when it parses (``5``, ``0.6``, ``null``),
+    else kept as a string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        return k, json.loads(v)
+    except json.JSONDecodeError:
+        return k, v
 
 
 def add_dataset_arguments(p: argparse.ArgumentParser) -> None:

@@ -5,15 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-
-def _kv(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    k, v = text.split("=", 1)
-    try:
-        return k, json.loads(v)
-    except json.JSONDecodeError:
-        return k, v
+from ros_seqplanner.cli._common import key_value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="evaluation seeds")
     p.add_argument("--max-steps", type=int, help="cut each episode after this many steps (short runs)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="option for the policy's from_checkpoint (e.g. preset=fast, noise=policy); repeatable")
     p.add_argument("--target-return", type=float, help="DT return-to-go target (passed to reset)")
     p.add_argument("--out", help="write the JSON results here (default: print only)")

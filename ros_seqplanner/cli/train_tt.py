@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ros_seqplanner.cli._common import add_dataset_arguments, add_runtime_arguments
+from ros_seqplanner.cli._common import add_dataset_arguments, add_runtime_arguments, key_value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="dropout on attention weights (default: --dropout; 0 roughly halves CPU step time)")
     g.add_argument("--action-weight", type=float, default=5.0)
     g.add_argument("--goal-conditioned", action="store_true", help="condition on the episode's final observation")
+    g = p.add_argument_group("planning")
+    g.add_argument("--planner", type=key_value, action="append", default=None, metavar="KEY=VALUE",
+                   help="planner setting the checkpoint ships (a PlannerConfig field, e.g. horizon=5 when the "
+                        "dataset's preset horizon exceeds --max-transitions); repeatable; default with --resume: "
+                        "the resumed checkpoint's")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=256, help="per process")
     g.add_argument("--lr", type=float, default=6e-4)
@@ -51,8 +56,16 @@ def run(args: argparse.Namespace) -> int:
     from ros_seqplanner.cli._common import load_training_dataset
     from ros_seqplanner.data.episodes import DatasetError
     from ros_seqplanner.nets.checkpoint import CheckpointError
+    from ros_seqplanner.planning.beam import PlannerConfig
     from ros_seqplanner.training.tt import TTTrainConfig, train_tt
 
+    planner = None
+    if args.planner is not None:
+        try:  # bad settings fail here, before the dataset is read
+            planner = PlannerConfig.check_settings(dict(args.planner), "--planner")
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         dataset = load_training_dataset(args)
     except DatasetError as e:
@@ -70,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     )
     command = "seqplanner " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
-        path = train_tt(dataset, config, Path(args.out), resume=args.resume, command=command)
+        path = train_tt(dataset, config, Path(args.out), resume=args.resume, command=command,
+                        planner=planner)
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -44,7 +44,9 @@ reproduces the same plan from the same seed.
 from __future__ import annotations
 
 import time
+import typing
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,6 +101,34 @@ class PlannerConfig:
     @classmethod
     def field_names(cls) -> set[str]:
         return {f.name for f in fields(cls)}
+
+    @classmethod
+    def check_settings(cls, settings: Any, source: str) -> dict[str, Any]:
+        """Validate partial settings (a checkpoint's ``"planner"`` object, ``--planner`` flags): known field
+        names, values of the field's type, values a config accepts. Returns them as a new dict (ints as float
+        where the field is a float). ``source`` names the settings in error messages."""
+        names = sorted(cls.field_names())
+        if not isinstance(settings, dict):
+            raise ValueError(f"{source} must be an object of {names}, got {type(settings).__name__}")
+        if set(settings) - set(names):
+            raise ValueError(f"{source}: unknown {sorted(set(settings) - set(names))}; known: {names}")
+        hints = typing.get_type_hints(cls)
+        out: dict[str, Any] = {}
+        for key, value in settings.items():
+            allowed = typing.get_args(hints[key]) or (hints[key],)
+            if isinstance(value, np.generic):  # numpy scalars from callers' arrays
+                value = value.item()
+            if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if isinstance(value, bool) or not isinstance(value, allowed):  # no field is a bool
+                want = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+                raise ValueError(f"{source}: {key} must be {want}, got {value!r}")
+            out[key] = value
+        try:
+            cls(**out)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from e
+        return out
 
 
 @dataclass

@@ -17,7 +17,9 @@ Per-dataset overrides in the official config:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 from ros_seqplanner.planning.beam import PlannerConfig
 
@@ -81,3 +83,23 @@ def env_dims(name: str) -> tuple[int, int]:
         if env in s:
             return dims
     raise ValueError(f"unknown env in {name!r}; known: {', '.join(ENVS)}")
+
+
+def checkpoint_planner(meta: Mapping[str, Any], *, goal_conditioned: bool = False, preset: str | None = None,
+                       overrides: Mapping[str, Any] | None = None, source: str = "checkpoint"
+                       ) -> tuple[str | None, PlannerConfig]:
+    """The planner settings a TT checkpoint plans with, and the preset name they start from.
+
+    In order: ``preset``, else the preset matching the checkpoint's ``dataset_id`` (else ``env_id``), else
+    :data:`BASE`; the discount from its training ``gamma``; mode ``goal`` for a goal-conditioned model; the
+    checkpoint's own ``"planner"`` object (settings recorded at training time); then ``overrides``. The
+    discount and mode defaults yield to any later setting of the same field."""
+    overrides = PlannerConfig.check_settings(dict(overrides or {}), "planner options")
+    shipped = PlannerConfig.check_settings(meta.get("planner") or {}, f"{source} 'planner'")
+    name = preset or normalize_name(str(meta.get("dataset_id") or "")) or normalize_name(str(meta.get("env_id") or ""))
+    cfg = get_preset(name) if name else BASE
+    if meta.get("gamma") is not None:
+        cfg = replace(cfg, discount=float(meta["gamma"]))
+    if goal_conditioned:
+        cfg = replace(cfg, mode="goal")
+    return name, replace(cfg, **{**shipped, **overrides})

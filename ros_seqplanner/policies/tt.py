@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch
 from ros_seqplanner.nets.discretizer import Discretizer
 from ros_seqplanner.nets.tt import TrajectoryTransformer, load_tt
 from ros_seqplanner.planning.beam import BeamPlanner, Plan, PlannerConfig
-from ros_seqplanner.planning.presets import BASE, get_preset, normalize_name
+from ros_seqplanner.planning.presets import BASE, checkpoint_planner
 from ros_seqplanner.policies.base import PolicyTimings, check_observation
 
 
@@ -68,22 +67,8 @@ class TTPolicy:
         defaults to the checkpoint's training ``gamma``. ``dtype``: decoder dtype, default float32 on CPU
         and bfloat16 on CUDA (bf16 plans are not bit-identical to fp32 ones)."""
         model, disc, meta = load_tt(path, device)
-        unknown = set(planner_overrides) - PlannerConfig.field_names()
-        if unknown:
-            raise ValueError(f"unknown planner options {sorted(unknown)}; known: {sorted(PlannerConfig.field_names())}")
-        name = preset or normalize_name(str(meta.get("dataset_id") or "")) or normalize_name(
-            str(meta.get("env_id") or ""))
-        cfg = get_preset(name) if name else BASE
-        gamma = meta.get("gamma")
-        if gamma is not None and "discount" not in planner_overrides:
-            cfg = replace(cfg, discount=float(gamma))
-        if model.cfg.goal_conditioned and "mode" not in planner_overrides:
-            cfg = replace(cfg, mode="goal")
-        shipped = meta.get("planner") or {}
-        if not isinstance(shipped, dict) or set(shipped) - PlannerConfig.field_names():
-            raise ValueError(f"{path}: checkpoint 'planner' must be an object of {sorted(PlannerConfig.field_names())}")
-        cfg = replace(cfg, **shipped)
-        cfg = replace(cfg, **planner_overrides)
+        name, cfg = checkpoint_planner(meta, goal_conditioned=model.cfg.goal_conditioned, preset=preset,
+                                       overrides=planner_overrides, source=str(path))
         if cfg.horizon > model.cfg.max_transitions:
             # The official planner crops its input to the block and re-encodes; our K/V-cached planner keeps
             # context + horizon inside one block, so a preset's horizon must fit the trained block.

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from ros_seqplanner.data.episodes import EpisodeDataset
 from ros_seqplanner.nets.checkpoint import CheckpointError, checkpoint_paths
 from ros_seqplanner.nets.tokens import TrajectoryWindows, dataset_stats, fit_discretizer
 from ros_seqplanner.nets.tt import TrajectoryTransformer, TTConfig, load_tt, save_tt
+from ros_seqplanner.planning.beam import PlannerConfig
+from ros_seqplanner.planning.presets import checkpoint_planner
 from ros_seqplanner.training.common import make_adamw, pick_device, seed_everything, warmup_cosine
 
 
@@ -206,11 +209,14 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, windows: Trajec
 
 
 def train_tt(dataset: EpisodeDataset, config: TTTrainConfig, out: str | Path, *, resume: str | Path | None = None,
-             command: str | None = None) -> Path:
+             command: str | None = None, planner: dict[str, Any] | None = None) -> Path:
     """Train, checkpoint to ``out`` (``out.safetensors`` + ``out.json``), return the JSON path.
 
     ``resume``: a checkpoint written by this function (its ``.state`` files must sit next to it); training
     continues from its step with its discretizer, up to the same total number of steps.
+    ``planner``: PlannerConfig fields the checkpoint ships as its ``"planner"`` settings (what
+    ``TTPolicy.from_checkpoint`` plans with unless the caller overrides them), e.g. ``{"horizon": 5}`` for a
+    block too short for the dataset's preset horizon. Default: the resumed checkpoint's, else none.
     """
     dist_info, device = init_distributed(config.device)
     seed_everything(config.seed)
@@ -223,8 +229,10 @@ def train_tt(dataset: EpisodeDataset, config: TTTrainConfig, out: str | Path, *,
         if model.cfg != config.model_config(dataset.obs_dim, dataset.act_dim) or not same_tokens:
             raise CheckpointError(f"cannot resume from {resume}: its model/tokenizer config differs from this run's")
     else:
+        rmeta = {}
         disc = fit_discretizer(dataset, config.n_bins, config.strategy, config.gamma, config.termination_penalty)
         model = TrajectoryTransformer(config.model_config(dataset.obs_dim, dataset.act_dim))
+    planner = shipped_planner(dataset, config, planner if planner is not None else rmeta.get("planner"))
     if (model.cfg.obs_dim, model.cfg.act_dim) != (dataset.obs_dim, dataset.act_dim):
         raise ValueError(f"dataset dims ({dataset.obs_dim}, {dataset.act_dim}) do not match the checkpoint "
                          f"({model.cfg.obs_dim}, {model.cfg.act_dim})")
@@ -244,6 +252,8 @@ def train_tt(dataset: EpisodeDataset, config: TTTrainConfig, out: str | Path, *,
     n_steps = total_steps(config, len(windows), dist_info.world_size)
     warmup = config.warmup_steps if config.warmup_steps is not None else max(1, n_steps // 20)
     meta = _checkpoint_meta(dataset, config, disc, dist_info, command, n_steps)
+    if planner:
+        meta["planner"] = planner
     bar = _progress(n_steps, step, config.progress and dist_info.is_main)
     losses: list[float] = []
     t0 = time.perf_counter()
@@ -267,6 +277,23 @@ def train_tt(dataset: EpisodeDataset, config: TTTrainConfig, out: str | Path, *,
 
         dist.barrier()
     return path
+
+
+def shipped_planner(dataset: EpisodeDataset, config: TTTrainConfig, settings: Any) -> dict[str, Any]:
+    """Validate the planner settings a checkpoint will ship (see :func:`train_tt`) before any training: an
+    explicit horizon must fit the block (ValueError); a preset horizon that does not fit only warns, since
+    callers can still pass one at planning time."""
+    settings = PlannerConfig.check_settings(settings or {}, "--planner")
+    meta = {"dataset_id": dataset.dataset_id, "env_id": dataset.env_id, "gamma": config.gamma, "planner": settings}
+    name, cfg = checkpoint_planner(meta, goal_conditioned=config.goal_conditioned)
+    if cfg.horizon > config.max_transitions:
+        msg = (f"planning horizon {cfg.horizon} ({'--planner' if 'horizon' in settings else 'preset ' + str(name)})"
+               f" does not fit the block of {config.max_transitions} transitions")
+        if "horizon" in settings:
+            raise ValueError(f"{msg}: use --planner horizon=N with N <= {config.max_transitions}")
+        warnings.warn(f"{msg}; this checkpoint will need a shorter horizon at planning time: record one with "
+                      f"--planner horizon=N (N <= {config.max_transitions})", stacklevel=2)
+    return settings
 
 
 def _save(out, model, disc, opt, step, meta, losses, t0, dist_info) -> Path:
