@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("replay", "publish a rosbag2 bag into a live ROS 2 graph with its original timing"),
     "bag2dataset": ("bag2dataset", "turn a rosbag2 bag into a training dataset"),
     "report": ("report", "regenerate the evaluation report from JSON results"),
+    "token-loss": ("token_loss", "a TT's cross-entropy per token group (observation/action/reward/value) on data"),
 }
 
 # group -> {kind -> (module, help)}

@@ -1,0 +1,67 @@
+"""Per-group token cross-entropy of a TT (``seqplanner token-loss``)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import h5py
+import pytest
+import torch
+
+from ros_seqplanner.cli import main as cli_main
+from ros_seqplanner.nets.tokens import fit_discretizer
+from ros_seqplanner.nets.tt import TrajectoryTransformer, TTConfig, load_tt
+from ros_seqplanner.training.token_loss import GROUPS, token_losses, uniform_cross_entropy
+from ros_seqplanner.training.tt import TTTrainConfig, toy_dataset, train_tt
+
+
+@pytest.mark.parametrize("goal_conditioned", [False, True])
+def test_a_model_that_predicts_nothing_scores_the_uniform_baseline(goal_conditioned):
+    ds = toy_dataset(n_episodes=6, length=30, obs_dim=3, act_dim=2, seed=2)
+    disc = fit_discretizer(ds, 12, "quantile", 0.99, -100.0)
+    model = TrajectoryTransformer(TTConfig(obs_dim=3, act_dim=2, n_bins=12, n_layer=1, n_head=2, n_embd=16,
+                                           max_transitions=4, goal_conditioned=goal_conditioned))
+    with torch.no_grad():
+        model.head.zero_()  # every logit 0: a uniform prediction over the 12 bins + stop
+    out = token_losses(model, disc, ds, gamma=0.99, termination_penalty=-100.0, windows=50, batch_size=16)
+    assert tuple(out) == GROUPS
+    for g in out.values():
+        assert g.cross_entropy == pytest.approx(math.log(13), abs=1e-5) == pytest.approx(uniform_cross_entropy(12))
+    # every real transition in a window contributes one reward, one value and all its action tokens
+    rew = out["reward"].tokens
+    assert rew > 0 and out["value"].tokens == rew and out["action"].tokens == 2 * rew
+    assert rew * 3 - 50 <= out["observation"].tokens <= rew * 3  # a window's first observation token is an input
+    with pytest.raises(ValueError, match="do not match the model"):
+        token_losses(model, disc, toy_dataset(obs_dim=4), gamma=0.99, termination_penalty=-100.0)
+
+
+def test_training_lowers_every_group_and_the_cli_reports_it(tmp_path, capsys):
+    ds = toy_dataset(n_episodes=8, length=40, seed=1)
+    tiny = dict(n_bins=10, max_transitions=4, n_layer=1, n_head=2, n_embd=32, batch_size=32, progress=False,
+                dropout=0.0, lr=1e-2, seed=1)
+    start = train_tt(ds, TTTrainConfig(**tiny, max_steps=1), tmp_path / "start")
+    trained = train_tt(ds, TTTrainConfig(**tiny, max_steps=200), tmp_path / "trained")
+    before, after = ({k: v.cross_entropy for k, v in token_losses(
+        *load_tt(p)[:2], ds, gamma=0.99, termination_penalty=-100.0, windows=64).items()} for p in (start, trained))
+    for name in ("observation", "action", "reward"):
+        assert after[name] < 0.8 * before[name], (name, before, after)
+    flat = ds.to_flat()
+    with h5py.File(tmp_path / "toy.hdf5", "w") as f:
+        for k, v in flat.items():
+            f.create_dataset(k, data=v)
+    rc = cli_main(["token-loss", str(tmp_path / "trained"), "--dataset", str(tmp_path / "toy.hdf5"),
+                   "--windows", "64", "--out", str(tmp_path / "tl.json")])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    res = json.loads((tmp_path / "tl.json").read_text())
+    assert res["step"] == 200 and res["uniform_cross_entropy"] == pytest.approx(math.log(11))
+    assert res["groups"]["observation"]["cross_entropy"] == pytest.approx(after["observation"], rel=1e-6)
+    assert f"{after['action']:.3f}" in printed
+    other = toy_dataset(n_episodes=2, length=10, obs_dim=5)
+    flat = other.to_flat()
+    with h5py.File(tmp_path / "other.hdf5", "w") as f:
+        for k, v in flat.items():
+            f.create_dataset(k, data=v)
+    assert cli_main(["token-loss", str(tmp_path / "trained"), "--dataset", str(tmp_path / "other.hdf5")]) == 2
+    assert "do not match the model" in capsys.readouterr().err
