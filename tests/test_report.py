@@ -156,6 +156,33 @@ def test_long_horizon_section(tmp_path):
     assert cheetah < hopper and "9.000" in text[hopper:] and "9.000" not in text[cheetah:hopper]
 
 
+def test_token_loss_results_share_one_table(tmp_path):
+    def tl(ck: str, data: str, ce: list[float], **extra) -> dict:
+        return {"kind": "token_loss", "checkpoint": ck, "step": 100, "dataset_id": data, "windows": 8,
+                "uniform_cross_entropy": 4.6151, "note": extra.pop("note", ""),
+                "groups": {g: {"cross_entropy": v, "accuracy": 0.1, "within_near": 0.2, "tokens": 5}
+                           for g, v in zip(("observation", "action", "reward", "value"), ce)}, **extra}
+
+    _write(tmp_path, "b.json", tl("models/tt_b", "b-medium-v5", [1.0, 2.0, 3.0, 4.0]))
+    _write(tmp_path, "a_held.json", tl("models/tt_a", "a-heldout", [1.111, 2.0, 3.0, 4.0], note="held-out"))
+    _write(tmp_path, "a.json", tl("models/tt_a", "a-medium-v5", [0.5, 2.0, 3.0, 4.0]))
+    _write(tmp_path, "ev.json", _result("bc", [[100.0]]))
+    rows, sections = load_results(tmp_path)
+    assert len(rows) == 1 and len(sections) == 3
+    text = render_report(rows, sections)
+    table = text.split("## TT token cross-entropy per group")[1]
+    assert text.count("## TT token cross-entropy per group") == 1
+    lines = [line for line in table.splitlines() if line.startswith("| `")]
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == [
+        "`tt_a`", "100", "a-heldout", "8", "1.11", "2.00", "3.00", "4.00", "4.62", "held-out", "`a_held.json`"]
+    assert [line.split("|")[3].strip() for line in lines] == ["a-heldout", "a-medium-v5", "b-medium-v5"]
+    bad = tl("models/tt_c", "c", [1.0, 2.0, 3.0, 4.0])
+    del bad["groups"]["value"]
+    _write(tmp_path, "c.json", bad)
+    with pytest.raises(ReportError, match=r"c\.json: token-loss result needs"):
+        render_report(*load_results(tmp_path))
+
+
 @pytest.mark.parametrize("content, match", [
     ("{not json", "not valid JSON"),
     (json.dumps({"env_id": "HalfCheetah-v5", "kind": "bc", "checkpoint": "x"}), "missing field 'episodes'"),

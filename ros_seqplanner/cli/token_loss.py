@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of the window starts")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None, help="write the result as JSON here")
+    p.add_argument("--out", default=None, help="write the result as JSON here (models/results/ puts it in the report)")
+    p.add_argument("--note", default="", help="free text stored with the result (e.g. 'held-out episodes')")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,9 +50,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:<12} cross-entropy {g.cross_entropy:.3f}  top-1 {g.accuracy:.3f}  within 3 bins "
               f"{g.within_near:.3f}  ({g.tokens} tokens)")
     if args.out:
-        out = {"checkpoint": args.checkpoint, "step": meta.get("step"), "dataset": args.dataset,
-               "windows": args.windows, "seed": args.seed, "uniform_cross_entropy": uniform,
-               "groups": {k: v.to_dict() for k, v in groups.items()}}
+        out = {"kind": "token_loss", "checkpoint": args.checkpoint, "step": meta.get("step"),
+               "env_id": meta.get("env_id"), "dataset": args.dataset, "dataset_id": dataset.dataset_id,
+               "transitions": dataset.num_transitions, "windows": args.windows, "seed": args.seed,
+               "uniform_cross_entropy": uniform, "groups": {k: v.to_dict() for k, v in groups.items()},
+               "note": args.note}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     return 0

@@ -1,6 +1,6 @@
 """Build ``docs/RESULTS.md`` from the JSON files in ``models/results/``.
 
-Two kinds of result file are understood:
+These kinds of result file are understood:
 
 - evaluation results written by ``seqplanner evaluate --out`` (one result, or ``{"results": [...]}`` for
   several checkpoints): ``env_id``, ``checkpoint``, ``kind``, ``config`` and per-``episodes`` returns. Optional
@@ -11,6 +11,8 @@ Two kinds of result file are understood:
   the top-level ``dataset`` / ``checkpoint_choice`` / ``note`` apply to the pooled row, and each run keeps its
   own line in the latency table (latency percentiles cannot be pooled from summaries).
 - long-horizon prediction results (``"kind": "long_horizon"``, see :mod:`ros_seqplanner.sim.long_horizon`).
+- TT token cross-entropy per group (``"kind": "token_loss"``, written by ``seqplanner token-loss --out``); all
+  of them share one table.
 
 Everything in the tables is recomputed from the per-episode entries (not copied from ``summary``), so a
 result file edited by hand cannot disagree with its own table row. Statistics: mean ± std over all episodes
@@ -32,6 +34,9 @@ KIND_ORDER = ("tt", "dt", "bc", "behaviour")
 KIND_NAMES = {"tt": "Trajectory Transformer", "dt": "Decision Transformer", "bc": "BC (MLP)",
               "behaviour": "behaviour policy (SAC)"}
 
+
+# Result kinds that are sections of their own rather than rows of an evaluation table.
+SECTION_KINDS = ("long_horizon", "token_loss")
 
 # Images next to the report that get their own section when present (python -m ros_seqplanner.sim.attention).
 OPTIONAL_IMAGES = {"attention.png": "TT attention maps (one context window, every layer and head)"}
@@ -170,12 +175,13 @@ def pool_rows(parts: list[EvalRow], source: str, top: dict[str, Any]) -> EvalRow
 
 
 def load_results(directory: str | Path) -> tuple[list[EvalRow], list[dict[str, Any]]]:
-    """Read every ``*.json`` under ``directory`` -> (evaluation rows, long-horizon results)."""
+    """Read every ``*.json`` under ``directory`` -> (evaluation rows, section results: long-horizon and
+    token-loss files, each with its file name as ``_source``)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ReportError(f"results directory {directory} does not exist")
     rows: list[EvalRow] = []
-    horizons: list[dict[str, Any]] = []
+    sections: list[dict[str, Any]] = []
     for path in sorted(directory.glob("*.json")):
         try:
             data = json.loads(path.read_text())
@@ -183,8 +189,8 @@ def load_results(directory: str | Path) -> tuple[list[EvalRow], list[dict[str, A
             raise ReportError(f"{path}: not valid JSON ({e})") from e
         if not isinstance(data, dict):
             raise ReportError(f"{path}: expected a JSON object")
-        if data.get("kind") == "long_horizon":
-            horizons.append({**data, "_source": path.name})
+        if data.get("kind") in SECTION_KINDS:
+            sections.append({**data, "_source": path.name})
             continue
         items = data["results"] if isinstance(data.get("results"), list) else [data]
         parsed = []
@@ -197,7 +203,7 @@ def load_results(directory: str | Path) -> tuple[list[EvalRow], list[dict[str, A
                 raise ReportError(f"{path}: 'pool' needs a non-empty 'results' list")
             parsed = [pool_rows(parsed, path.name, data)]
         rows.extend(parsed)
-    return rows, horizons
+    return rows, sections
 
 
 # ---------------------------------------------------------------------------------------------- markdown
@@ -270,16 +276,42 @@ def horizon_lines(result: dict[str, Any], show: tuple[int, ...] = (1, 5, 10, 20,
     return lines
 
 
-def render_report(rows: list[EvalRow], horizons: list[dict[str, Any]], title: str = "Results",
+def token_loss_lines(results: list[dict[str, Any]]) -> list[str]:
+    """One table of every token-loss result (``seqplanner token-loss --out``), by checkpoint."""
+    lines = ["Teacher-forced cross-entropy (nats) of each token group on random windows of the named data "
+             "(`seqplanner token-loss`); uniform = log(N + 1) over the N bins + stop. Bins are per-dimension "
+             "quantiles, so a group's number measures precision relative to that group's spread: compare the "
+             "same group across models, not groups with each other. The planner samples candidate actions "
+             "from the action distribution and scores beams by the reward and value tokens.", "",
+             "| checkpoint | step | data | windows | observation | action | reward | value | uniform | note | "
+             "result file |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: (str(r.get("checkpoint")), str(r.get("dataset_id")))):
+        try:
+            ce = [float(r["groups"][g]["cross_entropy"]) for g in ("observation", "action", "reward", "value")]
+            uniform = float(r["uniform_cross_entropy"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ReportError(f"{r.get('_source')}: token-loss result needs 'groups' and 'uniform_cross_entropy' "
+                              f"({e!r})") from e
+        ck = Path(str(r.get("checkpoint", "?"))).name
+        lines.append(f"| `{ck}` | {r.get('step', '?')} | {r.get('dataset_id', '?')} | {r.get('windows', '?')} | "
+                     + " | ".join(f"{v:.2f}" for v in ce) + f" | {uniform:.2f} | {r.get('note', '')} | "
+                     f"`{r['_source']}` |")
+    return lines
+
+
+def render_report(rows: list[EvalRow], sections: list[dict[str, Any]], title: str = "Results",
                   images: dict[str, str] | None = None) -> str:
-    """The whole RESULTS.md text; ``images`` maps a section title to an image path (relative to the report)."""
+    """The whole RESULTS.md text; ``sections``: long-horizon and token-loss results; ``images`` maps a
+    section title to an image path (relative to the report)."""
     out = [f"# {title}", "",
            "Generated by `seqplanner report` from the JSON files in `models/results/`; do not edit by hand.", "",
            f"Normalised scores use D4RL's reference returns on gymnasium v5 envs ({SCORE_LABEL}); they are not "
            "directly comparable with published D4RL (v2) numbers. Mean ± std is over all episodes (seeds pooled); "
            "'seed std' is the std of the per-seed means. 'last/best' says which training checkpoint was evaluated.",
            ""]
-    if not rows and not horizons:
+    horizons = [r for r in sections if r.get("kind") == "long_horizon"]
+    losses = [r for r in sections if r.get("kind") == "token_loss"]
+    if not rows and not sections:
         out += ["No results yet.", ""]
     for dataset in sorted({r.dataset for r in rows}):
         ds_rows = [r for r in rows if r.dataset == dataset]
@@ -298,6 +330,8 @@ def render_report(rows: list[EvalRow], horizons: list[dict[str, Any]], title: st
     for h in sorted(horizons, key=lambda h: str(h.get("env_id", ""))):
         env = f" ({h['env_id']})" if h.get("env_id") else ""
         out += [f"## Long-horizon open-loop prediction{env}", "", *horizon_lines(h), ""]
+    if losses:
+        out += ["## TT token cross-entropy per group", "", *token_loss_lines(losses), ""]
     for section, image in (images or {}).items():
         out += [f"## {section}", "", f"![{section}]({image})", ""]
     return "\n".join(out).rstrip() + "\n"
@@ -305,9 +339,9 @@ def render_report(rows: list[EvalRow], horizons: list[dict[str, Any]], title: st
 
 def build_report(results_dir: str | Path, out: str | Path, title: str = "Results") -> str:
     """The report text for ``results_dir`` as it will be written to ``out`` (images that sit beside ``out``)."""
-    rows, horizons = load_results(results_dir)
+    rows, sections = load_results(results_dir)
     images = {title_: name for name, title_ in OPTIONAL_IMAGES.items() if (Path(out).parent / name).is_file()}
-    return render_report(rows, horizons, title, images)
+    return render_report(rows, sections, title, images)
 
 
 def write_report(results_dir: str | Path, out: str | Path, title: str = "Results") -> Path:
