@@ -6,13 +6,15 @@ import json
 import math
 
 import h5py
+import numpy as np
 import pytest
 import torch
 
 from ros_seqplanner.cli import main as cli_main
+from ros_seqplanner.nets.discretizer import Discretizer
 from ros_seqplanner.nets.tokens import fit_discretizer
 from ros_seqplanner.nets.tt import TrajectoryTransformer, TTConfig, load_tt
-from ros_seqplanner.training.token_loss import GROUPS, token_losses, uniform_cross_entropy
+from ros_seqplanner.training.token_loss import GROUPS, action_entropy_floor, token_losses, uniform_cross_entropy
 from ros_seqplanner.training.tt import TTTrainConfig, toy_dataset, train_tt
 
 
@@ -65,3 +67,26 @@ def test_training_lowers_every_group_and_the_cli_reports_it(tmp_path, capsys):
             f.create_dataset(k, data=v)
     assert cli_main(["token-loss", str(tmp_path / "trained"), "--dataset", str(tmp_path / "other.hdf5")]) == 2
     assert "do not match the model" in capsys.readouterr().err
+
+
+class _Fixed:
+    def act_batch(self, observations, rng=None):
+        return np.tile([0.3, -0.7], (len(observations), 1))
+
+
+class _Uniform:
+    def act_batch(self, observations, rng=None):
+        return rng.uniform(-1.0, 1.0, size=(len(observations), 2))
+
+
+def test_action_entropy_floor_is_zero_for_a_deterministic_policy_and_log_n_for_a_uniform_one():
+    # transition = 3 obs + 2 act + reward + value; uniform bins over [-1, 1] for every dimension
+    corners = np.array([[-1.0] * 7, [1.0] * 7])
+    disc = Discretizer.fit(np.concatenate([corners, np.random.default_rng(0).uniform(-1, 1, (500, 7))]), 10,
+                           "uniform")
+    obs = np.random.default_rng(1).normal(size=(50, 3))
+    assert action_entropy_floor(disc, 3, 2, _Fixed(), obs, states=5, samples=200) == 0.0
+    floor = action_entropy_floor(disc, 3, 2, _Uniform(), obs, states=20, samples=4000)
+    assert floor == pytest.approx(math.log(10), abs=0.01)
+    with pytest.raises(ValueError, match=r"\(N, 3\) array"):
+        action_entropy_floor(disc, 3, 2, _Fixed(), np.zeros((4, 2)))

@@ -20,18 +20,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of the window starts")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--behaviour", default=None,
+                   help="behaviour checkpoint that generated the data: also report the action-token entropy floor "
+                        "under its sampled (tanh-Gaussian) actions")
     p.add_argument("--out", default=None, help="write the result as JSON here (models/results/ puts it in the report)")
     p.add_argument("--note", default="", help="free text stored with the result (e.g. 'held-out episodes')")
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
     from ros_seqplanner.data.episodes import DatasetError
     from ros_seqplanner.data.loading import load_dataset
     from ros_seqplanner.nets.checkpoint import CheckpointError
     from ros_seqplanner.nets.tt import load_tt
-    from ros_seqplanner.training.token_loss import token_losses, uniform_cross_entropy
+    from ros_seqplanner.training.token_loss import action_entropy_floor, token_losses, uniform_cross_entropy
 
     torch.set_num_threads(max(1, args.threads))
     try:
@@ -40,6 +44,13 @@ def run(args: argparse.Namespace) -> int:
         groups = token_losses(model, disc, dataset, gamma=float(meta["gamma"]),
                               termination_penalty=float(meta["termination_penalty"]), windows=args.windows,
                               seed=args.seed)
+        floor = None
+        if args.behaviour:
+            from ros_seqplanner.policies.behaviour import BehaviourPolicy
+
+            policy = BehaviourPolicy.from_checkpoint(args.behaviour, noise="policy")
+            floor = action_entropy_floor(disc, model.cfg.obs_dim, model.cfg.act_dim, policy,
+                                         np.concatenate([ep.observations for ep in dataset]), seed=args.seed)
     except (CheckpointError, DatasetError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -49,12 +60,14 @@ def run(args: argparse.Namespace) -> int:
     for name, g in groups.items():
         print(f"  {name:<12} cross-entropy {g.cross_entropy:.3f}  top-1 {g.accuracy:.3f}  within 3 bins "
               f"{g.within_near:.3f}  ({g.tokens} tokens)")
+    if floor is not None:
+        print(f"  action entropy floor under {args.behaviour} (sampled actions): {floor:.3f}")
     if args.out:
         out = {"kind": "token_loss", "checkpoint": args.checkpoint, "step": meta.get("step"),
                "env_id": meta.get("env_id"), "dataset": args.dataset, "dataset_id": dataset.dataset_id,
                "transitions": dataset.num_transitions, "windows": args.windows, "seed": args.seed,
                "uniform_cross_entropy": uniform, "groups": {k: v.to_dict() for k, v in groups.items()},
-               "note": args.note}
+               "action_floor": floor, "behaviour": args.behaviour, "note": args.note}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     return 0

@@ -282,9 +282,11 @@ def token_loss_lines(results: list[dict[str, Any]]) -> list[str]:
              "(`seqplanner token-loss`); uniform = log(N + 1) over the N bins + stop. Bins are per-dimension "
              "quantiles, so a group's number measures precision relative to that group's spread: compare the "
              "same group across models, not groups with each other. The planner samples candidate actions "
-             "from the action distribution and scores beams by the reward and value tokens.", "",
-             "| checkpoint | step | data | windows | observation | action | reward | value | uniform | note | "
-             "result file |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "from the action distribution and scores beams by the reward and value tokens. 'action floor': "
+             "the entropy of a binned action dimension given the state under the behaviour policy that made "
+             "the data (`--behaviour`), which no model of that data can beat.", "",
+             "| checkpoint | step | data | windows | observation | action | action floor | reward | value | uniform | "
+             "note | result file |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(results, key=lambda r: (str(r.get("checkpoint")), str(r.get("dataset_id")))):
         try:
             ce = [float(r["groups"][g]["cross_entropy"]) for g in ("observation", "action", "reward", "value")]
@@ -293,9 +295,11 @@ def token_loss_lines(results: list[dict[str, Any]]) -> list[str]:
             raise ReportError(f"{r.get('_source')}: token-loss result needs 'groups' and 'uniform_cross_entropy' "
                               f"({e!r})") from e
         ck = Path(str(r.get("checkpoint", "?"))).name
-        lines.append(f"| `{ck}` | {r.get('step', '?')} | {r.get('dataset_id', '?')} | {r.get('windows', '?')} | "
-                     + " | ".join(f"{v:.2f}" for v in ce) + f" | {uniform:.2f} | {r.get('note', '')} | "
-                     f"`{r['_source']}` |")
+        floor = "-" if r.get("action_floor") is None else f"{float(r['action_floor']):.2f}"
+        cells = [f"`{ck}`", str(r.get("step", "?")), str(r.get("dataset_id", "?")), str(r.get("windows", "?")),
+                 *(f"{v:.2f}" for v in ce[:2]), floor, *(f"{v:.2f}" for v in ce[2:]), f"{uniform:.2f}",
+                 str(r.get("note", "")), f"`{r['_source']}`"]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

@@ -6,12 +6,18 @@ uniform baseline log(N + 1). It is a cheap check before a closed-loop evaluation
 candidate actions from the action distribution and scores beams by the reward and value tokens, so a group
 near the uniform baseline predicts a planner that does not work. Stop targets are left out (every group
 would share them); padded positions are masked as in training.
+
+The action group also has a floor: when the data came from one stochastic behaviour policy, no model can
+predict its binned actions better than their conditional entropy given the state,
+:func:`action_entropy_floor` (the policy's action dimensions are independent given the state, so the floor
+of a token is the entropy of its own dimension).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,6 +29,10 @@ from ros_seqplanner.nets.tokens import TrajectoryWindows
 from ros_seqplanner.nets.tt import TrajectoryTransformer
 
 GROUPS = ("observation", "action", "reward", "value")
+
+
+class SamplingPolicy(Protocol):
+    def act_batch(self, observations: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -90,3 +100,26 @@ def token_losses(model: TrajectoryTransformer, disc: Discretizer, dataset: Episo
 def uniform_cross_entropy(n_bins: int) -> float:
     """Cross-entropy of a uniform prediction over the N bins + stop class the model outputs."""
     return math.log(n_bins + 1)
+
+
+def action_entropy_floor(disc: Discretizer, obs_dim: int, act_dim: int, policy: SamplingPolicy,
+                         observations: np.ndarray, *, states: int = 256, samples: int = 2000,
+                         seed: int = 0) -> float:
+    """Mean entropy (nats) of one binned action dimension given the state, under ``policy`` (a stochastic
+    behaviour policy, e.g. ``BehaviourPolicy(noise="policy")``), over ``states`` observations drawn from
+    ``observations``: the lowest action cross-entropy a model of this policy's data can reach. Monte Carlo with
+    ``samples`` actions per state and the Miller-Madow correction of the plug-in estimate."""
+    rng = np.random.default_rng(seed)
+    obs = np.asarray(observations, dtype=np.float32)
+    if obs.ndim != 2 or obs.shape[1] != obs_dim or len(obs) == 0:
+        raise ValueError(f"observations must be a non-empty (N, {obs_dim}) array, got {obs.shape}")
+    total = 0.0
+    picks = obs[rng.integers(0, len(obs), states)]
+    for s in picks:
+        acts = np.asarray(policy.act_batch(np.repeat(s[None], samples, axis=0), rng), dtype=np.float64)
+        bins = disc.encode_dims(acts, obs_dim, obs_dim + act_dim)
+        for j in range(act_dim):
+            p = np.bincount(bins[:, j], minlength=disc.n_bins) / samples
+            p = p[p > 0]
+            total += float(-(p * np.log(p)).sum()) + (len(p) - 1) / (2 * samples)
+    return total / (states * act_dim)
