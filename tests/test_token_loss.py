@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import math
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
 from ros_seqplanner.cli import main as cli_main
+from ros_seqplanner.data.d4rl_hdf5 import save_d4rl_hdf5
 from ros_seqplanner.nets.discretizer import Discretizer
 from ros_seqplanner.nets.tokens import fit_discretizer
 from ros_seqplanner.nets.tt import TrajectoryTransformer, TTConfig, load_tt
@@ -48,10 +48,7 @@ def test_training_lowers_every_group_and_the_cli_reports_it(tmp_path, capsys):
         *load_tt(p)[:2], ds, gamma=0.99, termination_penalty=-100.0, windows=64).items()} for p in (start, trained))
     for name in ("observation", "action", "reward"):
         assert after[name] < 0.8 * before[name], (name, before, after)
-    flat = ds.to_flat()
-    with h5py.File(tmp_path / "toy.hdf5", "w") as f:
-        for k, v in flat.items():
-            f.create_dataset(k, data=v)
+    save_d4rl_hdf5(ds, tmp_path / "toy.hdf5")
     rc = cli_main(["token-loss", str(tmp_path / "trained"), "--dataset", str(tmp_path / "toy.hdf5"),
                    "--windows", "64", "--out", str(tmp_path / "tl.json")])
     assert rc == 0
@@ -60,11 +57,7 @@ def test_training_lowers_every_group_and_the_cli_reports_it(tmp_path, capsys):
     assert res["step"] == 200 and res["uniform_cross_entropy"] == pytest.approx(math.log(11))
     assert res["groups"]["observation"]["cross_entropy"] == pytest.approx(after["observation"], rel=1e-6)
     assert f"{after['action']:.3f}" in printed
-    other = toy_dataset(n_episodes=2, length=10, obs_dim=5)
-    flat = other.to_flat()
-    with h5py.File(tmp_path / "other.hdf5", "w") as f:
-        for k, v in flat.items():
-            f.create_dataset(k, data=v)
+    save_d4rl_hdf5(toy_dataset(n_episodes=2, length=10, obs_dim=5), tmp_path / "other.hdf5")
     assert cli_main(["token-loss", str(tmp_path / "trained"), "--dataset", str(tmp_path / "other.hdf5")]) == 2
     assert "do not match the model" in capsys.readouterr().err
 
