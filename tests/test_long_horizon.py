@@ -18,6 +18,7 @@ from ros_seqplanner.sim.long_horizon import (
     horizon_error,
     main,
     mlp_open_loop,
+    pick_bin,
     plot,
     start_steps,
     tt_open_loop,
@@ -43,7 +44,7 @@ def tiny_mlp(seed: int = 0) -> MLPDynamics:
     return MLPDynamics(DynamicsConfig(OD, AD, hidden=16, n_layer=2)).eval()
 
 
-def reference_greedy(model, disc, obs0, actions):
+def reference_rollout(model, disc, obs0, actions, decode="greedy"):
     """Slow reference: full forward pass over the cropped window for every token (no cache)."""
     cfg = model.cfg
     d, block = cfg.transition_dim, cfg.block_size
@@ -53,7 +54,10 @@ def reference_greedy(model, disc, obs0, actions):
     def next_bin(seq):
         start = max(0, int(np.ceil((len(seq) - block) / d)) * d)
         logits, _ = model(torch.tensor([seq[start:]]))
-        return int(torch.argmax(logits[0, -1, :N]))
+        if decode == "greedy":
+            return int(torch.argmax(logits[0, -1, :N]))
+        p = torch.softmax(logits[0, -1, :N].double(), -1).detach().numpy()  # median: first bin with P(bin <= k) >= 1/2
+        return int(np.flatnonzero(np.cumsum(p) >= 0.5)[0])
 
     for a in actions:
         seq += (disc.encode_dims(a.astype(np.float64), OD, OD + AD) + N * np.arange(OD, OD + AD)).tolist()
@@ -84,19 +88,45 @@ def test_mlp_rollout_feeds_its_own_predictions():
         mlp_open_loop(m, obs0[:2], acts)
 
 
+@pytest.mark.parametrize("decode", ["greedy", "median"])
 @pytest.mark.parametrize("horizon", [2, 7])  # 7 transitions > block of 3: sliding window re-encodes
-def test_tt_rollout_matches_uncached_reference(horizon):
+def test_tt_rollout_matches_uncached_reference(horizon, decode):
     model, disc = tiny_tt()
     rng = np.random.default_rng(2)
     obs0, acts = rng.normal(size=OD), rng.normal(size=(horizon, AD))
-    states, rewards, info = tt_open_loop(model, disc, obs0, acts)
+    states, rewards, info = tt_open_loop(model, disc, obs0, acts, decode=decode)
     assert states.shape == (horizon, OD) and rewards.shape == (horizon,)
-    np.testing.assert_array_equal(states, reference_greedy(model, disc, obs0, acts))
+    np.testing.assert_array_equal(states, reference_rollout(model, disc, obs0, acts, decode))
     assert (info["reencodes"] > 0) == (horizon >= model.cfg.max_transitions)
     # Predictions are bin midpoints of the tokenizer.
     mids = disc.midpoints_np
     for j in range(OD):
         assert np.isin(states[:, j], mids[j]).all()
+
+
+def test_pick_bin_argmax_and_median_differ_where_they_should():
+    probs = torch.tensor([0.30, 0.10, 0.15, 0.45, 0.0])  # last entry: the stop token
+    logits = torch.log(probs.clamp_min(1e-12))
+    logits[-1] = 50.0  # a huge stop logit must not count for either rule
+    assert pick_bin(logits, 4, "greedy") == 3
+    assert pick_bin(logits, 4, "median") == 2  # cumulative 0.30, 0.40, 0.55: the median bin is 2
+    assert pick_bin(torch.tensor([5.0, 0.0, 0.0, 0.0, 0.0]), 4, "median") == 0
+    with pytest.raises(ValueError, match="unknown decode"):
+        pick_bin(logits, 4, "sample")
+    model, disc = tiny_tt()
+    with pytest.raises(ValueError, match="unknown decode"):
+        tt_open_loop(model, disc, np.zeros(OD), np.zeros((2, AD)), decode="mean")
+
+
+def test_tt_median_rollout_differs_from_greedy_on_broad_predictions():
+    model, disc = tiny_tt()
+    with torch.no_grad():
+        model.head.mul_(0.2)  # flatter next-token distributions, where the mode and the median part
+    rng = np.random.default_rng(6)
+    obs0, acts = rng.normal(size=OD), rng.normal(size=(5, AD))
+    greedy = tt_open_loop(model, disc, obs0, acts, decode="greedy")[0]
+    median = tt_open_loop(model, disc, obs0, acts, decode="median")[0]
+    assert not np.array_equal(greedy, median)
 
 
 def test_tt_rollout_is_deterministic_and_causal_in_the_actions():
@@ -141,6 +171,12 @@ def test_errors_starts_and_compare_json(tmp_path):
     res = compare(eps, horizon=5, starts_per_episode=2, tt=tiny_tt(), mlp=tiny_mlp(), progress=False)
     assert res["kind"] == "long_horizon" and res["horizons"] == [1, 2, 3, 4, 5] and res["num_starts"] == 4
     assert set(res["models"]) == {"constant", "mlp_dynamics", "tt_greedy", "tt_tokenizer_floor"}
+    both = compare(eps, horizon=5, starts_per_episode=2, tt=tiny_tt(), progress=False,
+                   tt_decodes=("greedy", "median"))
+    assert set(both["models"]) == {"constant", "tt_greedy", "tt_median", "tt_tokenizer_floor"}
+    assert both["models"]["tt_greedy"]["error"] == res["models"]["tt_greedy"]["error"]
+    with pytest.raises(ValueError, match="tt_decodes"):
+        compare(eps, horizon=5, tt=tiny_tt(), progress=False, tt_decodes=("mode",))
     # The constant predictor at h=1 is |s_{t0+1} - s_t0| / std, recomputed here.
     scale = np.concatenate([e.observations for e in eps]).std(0) + 1e-6
     expect = np.mean([np.mean(np.abs(e.next_observations()[t] - e.observations[t]) / scale)

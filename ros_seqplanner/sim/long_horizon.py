@@ -5,8 +5,11 @@ over long horizons where a single-step model's compounding errors blow up. Here,
 several start steps t0, both models see the true s_{t0} and the logged actions a_{t0..t0+H-1}:
 
 - MLP: s_{t+1} = f(s_t, a_t), fed its own predictions;
-- TT: greedy decoding with the K/V cache, one transition at a time: the action tokens are the logged
-  (discretised) actions, the reward, value and next-observation tokens are the model's argmax predictions;
+- TT: decoding with the K/V cache, one transition at a time: the action tokens are the logged
+  (discretised) actions, the reward, value and next-observation tokens are the model's point predictions,
+  fed back as its input: ``greedy`` takes each token's argmax, ``median`` the median bin of its predicted
+  distribution (the prediction that minimises the expected absolute error of that dimension, the metric
+  below; the official TT code samples or beam-searches, it has no point-prediction rule of its own);
   predicted observations are bin midpoints. When the sequence outgrows the model's block
   (``max_transitions`` transitions) the window slides: the oldest whole transitions are dropped and the rest
   re-encoded with positions starting at 0 (the official planner crops the context the same way).
@@ -88,20 +91,34 @@ class TokenStream:
         return logits[0, -1]
 
 
-def _greedy(logits: torch.Tensor, n_bins: int) -> int:
-    return int(torch.argmax(logits[:n_bins]))  # the stop token is never a valid state/reward/value bin
+DECODES = ("greedy", "median")
+
+
+def pick_bin(logits: torch.Tensor, n_bins: int, decode: str = "greedy") -> int:
+    """Point prediction of one token from its (N+1,) logits: the argmax or the median bin.
+
+    The stop token is never a valid state/reward/value bin, so only the first ``n_bins`` logits count.
+    """
+    if decode == "greedy":
+        return int(torch.argmax(logits[:n_bins]))
+    if decode == "median":
+        cdf = torch.cumsum(torch.softmax(logits[:n_bins].double(), dim=-1), dim=-1)
+        return min(int(torch.searchsorted(cdf, torch.tensor([0.5], dtype=cdf.dtype))[0]), n_bins - 1)
+    raise ValueError(f"unknown decode {decode!r}; expected one of {DECODES}")
 
 
 @torch.no_grad()
-def tt_open_loop(model: TrajectoryTransformer, disc: Discretizer, obs0: np.ndarray, actions: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Greedy open-loop TT prediction from ``obs0`` (O,) with logged ``actions`` (H, A).
+def tt_open_loop(model: TrajectoryTransformer, disc: Discretizer, obs0: np.ndarray, actions: np.ndarray,
+                 decode: str = "greedy") -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Open-loop TT prediction from ``obs0`` (O,) with logged ``actions`` (H, A), ``decode`` in DECODES.
 
     Returns predicted s_1..s_H (H, O), r_0..r_{H-1} (H,) as bin midpoints, and info (re-encodes, tokens).
     """
     cfg = model.cfg
     o, a, n = cfg.obs_dim, cfg.act_dim, cfg.n_bins
     obs0, actions = _check_inputs(obs0, actions, o, a)
+    if decode not in DECODES:
+        raise ValueError(f"unknown decode {decode!r}; expected one of {DECODES}")
     if disc.dim != cfg.transition_dim or disc.n_bins != n:
         raise ValueError(f"discretizer ({disc.dim} x {disc.n_bins}) does not fit the model "
                          f"({cfg.transition_dim} x {n})")
@@ -113,14 +130,14 @@ def tt_open_loop(model: TrajectoryTransformer, disc: Discretizer, obs0: np.ndarr
     rewards = np.empty(len(actions), dtype=np.float32)
     for t in range(len(actions)):
         logits = stream.feed(act_tokens[t].tolist())  # logged action; logits now predict the reward
-        r_bin = _greedy(logits, n)
+        r_bin = pick_bin(logits, n, decode)
         logits = stream.feed([r_bin + n * (o + a)])
-        logits = stream.feed([_greedy(logits, n) + n * (o + a + 1)])  # value token (needed for the layout)
+        logits = stream.feed([pick_bin(logits, n, decode) + n * (o + a + 1)])  # value token (needed for the layout)
         bins = []
         for j in range(o):
             if stream.next_dim != j:
                 raise RuntimeError(f"token layout broken: expected dimension {j}, stream at {stream.next_dim}")
-            bins.append(_greedy(logits, n))
+            bins.append(pick_bin(logits, n, decode))
             logits = stream.feed([bins[-1] + n * j])
         states[t] = disc.decode_dims(np.array(bins), 0, o)
         rewards[t] = disc.decode_dims(np.array([r_bin]), o + a, o + a + 1)[0]
@@ -152,18 +169,22 @@ def start_steps(length: int, horizon: int, per_episode: int) -> list[int]:
 
 
 def compare(episodes: list, horizon: int, starts_per_episode: int = 3, tt: tuple | None = None,
-            mlp: MLPDynamics | None = None, progress: bool = True) -> dict[str, Any]:
+            mlp: MLPDynamics | None = None, progress: bool = True,
+            tt_decodes: tuple[str, ...] = ("greedy",)) -> dict[str, Any]:
     """Error-vs-horizon curves (h = 1..horizon) for the given models on ``episodes`` (data.episodes.Episode).
 
-    ``tt`` is (model, discretizer). Returns a JSON-able dict (``kind: long_horizon``) for the report.
+    ``tt`` is (model, discretizer), rolled out once per decode in ``tt_decodes`` (rows ``tt_<decode>``).
+    Returns a JSON-able dict (``kind: long_horizon``) for the report.
     """
+    if not tt_decodes or any(d not in DECODES for d in tt_decodes):
+        raise ValueError(f"tt_decodes must be a non-empty subset of {DECODES}, got {tt_decodes}")
     all_obs = np.concatenate([ep.observations for ep in episodes]).astype(np.float64)
     scale = (all_obs.std(axis=0) + 1e-6).astype(np.float32)
     errs: dict[str, list[np.ndarray]] = {"constant": []}
     if mlp is not None:
         errs["mlp_dynamics"] = []
     if tt is not None:
-        errs["tt_greedy"], errs["tt_tokenizer_floor"] = [], []
+        errs.update({f"tt_{d}": [] for d in tt_decodes}, tt_tokenizer_floor=[])
     seconds = {k: 0.0 for k in errs}
     reencodes = 0
     n_starts = 0
@@ -179,11 +200,12 @@ def compare(episodes: list, horizon: int, starts_per_episode: int = 3, tt: tuple
                 seconds["mlp_dynamics"] += time.perf_counter() - t
             if tt is not None:
                 model, disc = tt
-                t = time.perf_counter()
-                pred, _, info = tt_open_loop(model, disc, obs0, acts)
-                seconds["tt_greedy"] += time.perf_counter() - t
-                reencodes += info["reencodes"]
-                errs["tt_greedy"].append(horizon_error(pred, true, scale))
+                for d in tt_decodes:
+                    t = time.perf_counter()
+                    pred, _, info = tt_open_loop(model, disc, obs0, acts, decode=d)
+                    seconds[f"tt_{d}"] += time.perf_counter() - t
+                    reencodes += info["reencodes"]
+                    errs[f"tt_{d}"].append(horizon_error(pred, true, scale))
                 o = model.cfg.obs_dim
                 floor = disc.decode_dims(disc.encode_dims(true.astype(np.float64), 0, o), 0, o)
                 errs["tt_tokenizer_floor"].append(horizon_error(floor, true, scale))
@@ -197,6 +219,7 @@ def compare(episodes: list, horizon: int, starts_per_episode: int = 3, tt: tuple
         "mlp_dynamics": "single-step MLP, fed its own predictions",
         "tt_greedy": "greedy decoding with logged actions; block of "
                      f"{tt[0].cfg.max_transitions if tt else '?'} transitions, sliding window beyond it",
+        "tt_median": "per-token median decoding (the L1-optimal point prediction) with logged actions, same windows",
         "tt_tokenizer_floor": "quantisation error of the TT tokenizer on the true states (lower bound for TT)",
     }
     models = {k: {"error": np.mean(v, axis=0).tolist(), "error_std": np.std(v, axis=0).tolist(),
@@ -242,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="models/results/long_horizon.json")
     p.add_argument("--plot", default="docs/long_horizon.png")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tt-decode", nargs="+", choices=DECODES, default=["greedy"],
+                   help="TT point-prediction rule(s), one row each")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from ros_seqplanner.data.loading import load_dataset
@@ -251,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset(args.dataset)
     tt = load_tt(args.tt)[:2] if args.tt else None
     mlp = load_dynamics(args.mlp)[0] if args.mlp else None
-    res = compare(data.episodes[:args.episodes], args.horizon, args.starts, tt, mlp)
+    res = compare(data.episodes[:args.episodes], args.horizon, args.starts, tt, mlp,
+                  tt_decodes=tuple(args.tt_decode))
     res.update(dataset=Path(args.dataset).name, env_id=data.env_id, tt_checkpoint=args.tt, mlp_checkpoint=args.mlp)
     if args.plot:
         res["plot"] = str(Path(args.plot).name)
