@@ -14,7 +14,13 @@ from ros_seqplanner.data.d4rl_hdf5 import save_d4rl_hdf5
 from ros_seqplanner.nets.discretizer import Discretizer
 from ros_seqplanner.nets.tokens import fit_discretizer
 from ros_seqplanner.nets.tt import TrajectoryTransformer, TTConfig, load_tt
-from ros_seqplanner.training.token_loss import GROUPS, action_entropy_floor, token_losses, uniform_cross_entropy
+from ros_seqplanner.training.token_loss import (
+    GROUPS,
+    action_entropy_floor,
+    token_losses,
+    uniform_cross_entropy,
+    value_fit,
+)
 from ros_seqplanner.training.tt import TTTrainConfig, toy_dataset, train_tt
 
 
@@ -34,6 +40,13 @@ def test_a_model_that_predicts_nothing_scores_the_uniform_baseline(goal_conditio
     rew = out["reward"].tokens
     assert rew > 0 and out["value"].tokens == rew and out["action"].tokens == 2 * rew
     assert rew * 3 - 50 <= out["observation"].tokens <= rew * 3  # a window's first observation token is an input
+    # A uniform prediction puts the expected value at the mean of the value bins' midpoints, for every token.
+    vf = value_fit(model, disc, ds, gamma=0.99, termination_penalty=-100.0, windows=50, batch_size=16)
+    assert vf.tokens == rew and math.isnan(vf.r)
+    assert vf.low_predicted == pytest.approx(float(disc.midpoints_np[3 + 2 + 1].mean()), rel=1e-5)
+    assert vf.low_target <= vf.mean_target
+    with pytest.raises(ValueError, match="low_fraction"):
+        value_fit(model, disc, ds, gamma=0.99, termination_penalty=-100.0, low_fraction=0.0)
     with pytest.raises(ValueError, match="do not match the model"):
         token_losses(model, disc, toy_dataset(obs_dim=4), gamma=0.99, termination_penalty=-100.0)
 
@@ -48,6 +61,11 @@ def test_training_lowers_every_group_and_the_cli_reports_it(tmp_path, capsys):
         *load_tt(p)[:2], ds, gamma=0.99, termination_penalty=-100.0, windows=64).items()} for p in (start, trained))
     for name in ("observation", "action", "reward"):
         assert after[name] < 0.8 * before[name], (name, before, after)
+    v0, v1 = (value_fit(*load_tt(p)[:2], ds, gamma=0.99, termination_penalty=-100.0, windows=64)
+              for p in (start, trained))
+    assert v0.low_target == v1.low_target < v1.mean_target  # same windows; the lowest targets: terminal penalties
+    assert v1.r > 0.6 and v1.r > v0.r + 0.2, (v0, v1)
+    assert abs(v1.low_predicted - v1.low_target) < 0.6 * abs(v0.low_predicted - v0.low_target), (v0, v1)
     save_d4rl_hdf5(ds, tmp_path / "toy.hdf5")
     rc = cli_main(["token-loss", str(tmp_path / "trained"), "--dataset", str(tmp_path / "toy.hdf5"),
                    "--windows", "64", "--out", str(tmp_path / "tl.json")])
@@ -57,6 +75,7 @@ def test_training_lowers_every_group_and_the_cli_reports_it(tmp_path, capsys):
     assert res["step"] == 200 and res["uniform_cross_entropy"] == pytest.approx(math.log(11))
     assert res["groups"]["observation"]["cross_entropy"] == pytest.approx(after["observation"], rel=1e-6)
     assert f"{after['action']:.3f}" in printed
+    assert res["value_fit"] == pytest.approx(v1.to_dict(), rel=1e-6) and f"r {v1.r:.3f}" in printed
     save_d4rl_hdf5(toy_dataset(n_episodes=2, length=10, obs_dim=5), tmp_path / "other.hdf5")
     assert cli_main(["token-loss", str(tmp_path / "trained"), "--dataset", str(tmp_path / "other.hdf5")]) == 2
     assert "do not match the model" in capsys.readouterr().err

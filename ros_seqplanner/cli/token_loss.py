@@ -1,8 +1,9 @@
 """``seqplanner token-loss CKPT --dataset D``: a TT's cross-entropy per token group on dataset windows.
 
-Prints one line per group (observation / action / reward / value) with the uniform baseline; ``--out``
-writes the numbers as JSON. Use held-out data (e.g. ``seqplanner collect ... --seed 777``) to measure
-generalisation rather than fit. See :mod:`ros_seqplanner.training.token_loss`.
+Prints one line per group (observation / action / reward / value) with the uniform baseline, and how well
+the expected value token tracks its target (the planner's beam score); ``--out`` writes the numbers as JSON.
+Use held-out data (e.g. ``seqplanner collect ... --seed 777``) to measure generalisation
+rather than fit. See :mod:`ros_seqplanner.training.token_loss`.
 """
 
 from __future__ import annotations
@@ -35,15 +36,21 @@ def run(args: argparse.Namespace) -> int:
     from ros_seqplanner.data.loading import load_dataset
     from ros_seqplanner.nets.checkpoint import CheckpointError
     from ros_seqplanner.nets.tt import load_tt
-    from ros_seqplanner.training.token_loss import action_entropy_floor, token_losses, uniform_cross_entropy
+    from ros_seqplanner.training.token_loss import (
+        action_entropy_floor,
+        token_losses,
+        uniform_cross_entropy,
+        value_fit,
+    )
 
     torch.set_num_threads(max(1, args.threads))
     try:
         model, disc, meta = load_tt(args.checkpoint, args.device)
         dataset = load_dataset(args.dataset)
-        groups = token_losses(model, disc, dataset, gamma=float(meta["gamma"]),
-                              termination_penalty=float(meta["termination_penalty"]), windows=args.windows,
-                              seed=args.seed)
+        tokenised = dict(gamma=float(meta["gamma"]), termination_penalty=float(meta["termination_penalty"]),
+                         windows=args.windows, seed=args.seed)
+        groups = token_losses(model, disc, dataset, **tokenised)
+        values = value_fit(model, disc, dataset, **tokenised)
         floor = None
         if args.behaviour:
             from ros_seqplanner.policies.behaviour import BehaviourPolicy
@@ -60,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     for name, g in groups.items():
         print(f"  {name:<12} cross-entropy {g.cross_entropy:.3f}  top-1 {g.accuracy:.3f}  within 3 bins "
               f"{g.within_near:.3f}  ({g.tokens} tokens)")
+    print(f"  expected value token vs target: r {values.r:.3f}; lowest {values.low_fraction:.0%} of targets: "
+          f"mean target {values.low_target:.1f}, mean prediction {values.low_predicted:.1f} "
+          f"(all targets: mean {values.mean_target:.1f})")
     if floor is not None:
         print(f"  action entropy floor under {args.behaviour} (sampled actions): {floor:.3f}")
     if args.out:
@@ -67,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
                "env_id": meta.get("env_id"), "dataset": args.dataset, "dataset_id": dataset.dataset_id,
                "transitions": dataset.num_transitions, "windows": args.windows, "seed": args.seed,
                "uniform_cross_entropy": uniform, "groups": {k: v.to_dict() for k, v in groups.items()},
-               "action_floor": floor, "behaviour": args.behaviour, "note": args.note}
+               "value_fit": values.to_dict(), "action_floor": floor, "behaviour": args.behaviour,
+               "note": args.note}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     return 0

@@ -284,9 +284,17 @@ def token_loss_lines(results: list[dict[str, Any]]) -> list[str]:
              "same group across models, not groups with each other. The planner samples candidate actions "
              "from the action distribution and scores beams by the reward and value tokens. 'action floor': "
              "the entropy of a binned action dimension given the state under the behaviour policy that made "
-             "the data (`--behaviour`), which no model of that data can beat.", "",
+             "the data (`--behaviour`), which no model of that data can beat. 'value r': correlation of the "
+             "expected value token (the planner's beam score) with its target over all value tokens; 'lowest 5% "
+             "value': mean target / mean prediction over the lowest 5% of value targets. In hopper and walker2d "
+             "data these are the states just before a fall (termination penalty), where a prediction near the data "
+             "mean cannot warn the planner; halfcheetah never terminates, and its lowest targets are the last steps "
+             "before the 1000-step time limit (the value-to-go is cut off there, as in the official TT), which no "
+             "model of the state can foresee.",
+             "",
              "| checkpoint | step | data | windows | observation | action | action floor | reward | value | uniform | "
-             "note | result file |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "value r | lowest 5% value: target / predicted | note | result file |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(results, key=lambda r: (str(r.get("checkpoint")), str(r.get("dataset_id")))):
         try:
             ce = [float(r["groups"][g]["cross_entropy"]) for g in ("observation", "action", "reward", "value")]
@@ -298,9 +306,19 @@ def token_loss_lines(results: list[dict[str, Any]]) -> list[str]:
         floor = "-" if r.get("action_floor") is None else f"{float(r['action_floor']):.2f}"
         cells = [f"`{ck}`", str(r.get("step", "?")), str(r.get("dataset_id", "?")), str(r.get("windows", "?")),
                  *(f"{v:.2f}" for v in ce[:2]), floor, *(f"{v:.2f}" for v in ce[2:]), f"{uniform:.2f}",
-                 str(r.get("note", "")), f"`{r['_source']}`"]
+                 *_value_fit_cells(r), str(r.get("note", "")), f"`{r['_source']}`"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _value_fit_cells(r: dict[str, Any]) -> list[str]:
+    vf = r.get("value_fit")
+    if vf is None:  # written before token-loss measured it
+        return ["-", "-"]
+    try:
+        return [f"{float(vf['r']):.2f}", f"{float(vf['low_target']):.0f} / {float(vf['low_predicted']):.0f}"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ReportError(f"{r.get('_source')}: 'value_fit' needs r, low_target and low_predicted ({e!r})") from e
 
 
 def render_report(rows: list[EvalRow], sections: list[dict[str, Any]], title: str = "Results",

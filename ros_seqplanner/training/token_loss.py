@@ -11,11 +11,17 @@ The action group also has a floor: when the data came from one stochastic behavi
 predict its binned actions better than their conditional entropy given the state,
 :func:`action_entropy_floor` (the policy's action dimensions are independent given the state, so the floor
 of a token is the entropy of its own dimension).
+
+The value tokens get a second check, :func:`value_fit`: the planner scores beams by the expected value token,
+so that expectation must track the value target. It reports the correlation over all value tokens and, for
+the lowest targets (with a termination penalty: the states just before a fall), the mean prediction next to
+the mean target: a model whose prediction stays at the data mean there cannot steer away from a fall.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -49,6 +55,23 @@ class GroupLoss:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ValueFit:
+    """The expected value token (bin midpoints under the predicted distribution) against the value target:
+    Pearson ``r`` over all value tokens, the means of both over the lowest ``low_fraction`` of targets, and the
+    mean target overall."""
+
+    r: float
+    low_fraction: float
+    low_target: float
+    low_predicted: float
+    mean_target: float
+    tokens: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def group_slices(obs_dim: int, act_dim: int) -> dict[str, tuple[int, int]]:
     """Dimension range [lo, hi) of each group inside a transition (observation, action, reward, value)."""
     o, a = obs_dim, act_dim
@@ -56,12 +79,12 @@ def group_slices(obs_dim: int, act_dim: int) -> dict[str, tuple[int, int]]:
 
 
 @torch.no_grad()
-def token_losses(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeDataset, *, gamma: float,
-                 termination_penalty: float, windows: int = 256, seed: int = 1, batch_size: int = 64,
-                 near: int = 3) -> dict[str, GroupLoss]:
-    """Per-group cross-entropy of ``model`` on ``windows`` random windows of ``dataset`` (tokenised with the
-    checkpoint's ``disc``, ``gamma`` and ``termination_penalty``). Windows start at uniformly drawn transitions
-    (``seed``), as in training."""
+def _teacher_forced(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeDataset, gamma: float,
+                    termination_penalty: float, windows: int, seed: int, batch_size: int
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (logits, target bin within its dimension, dimension, real-target mask) per batch of ``windows``
+    random windows of ``dataset`` (tokenised with the checkpoint's ``disc``, ``gamma`` and
+    ``termination_penalty``), starting at uniformly drawn transitions (``seed``) as in training."""
     cfg = model.cfg
     if (cfg.obs_dim, cfg.act_dim) != (dataset.obs_dim, dataset.act_dim):
         raise ValueError(f"dataset dims ({dataset.obs_dim}, {dataset.act_dim}) do not match the model "
@@ -73,17 +96,26 @@ def token_losses(model: TrajectoryTransformer, disc: Discretizer, dataset: Episo
     starts = np.random.default_rng(seed).integers(0, len(data), windows)
     model.eval()
     device = next(model.parameters()).device
-    ce, hit, close, count = (np.zeros(len(GROUPS)) for _ in range(4))
-    slices = group_slices(cfg.obs_dim, cfg.act_dim)
     for i in range(0, windows, batch_size):
         x, y, mask, *goal = (t.to(device) for t in data.batch(starts[i:i + batch_size]))
         logits = model(x, goal=goal[0] if goal else None)[0]
         dim = torch.arange(1, y.shape[1] + 1, device=device) % cfg.transition_dim  # target p is token p + 1
-        local = y - cfg.n_bins * dim
-        real = (mask > 0) & (y != cfg.stop_token)
+        yield logits, y - cfg.n_bins * dim, dim.expand_as(y), (mask > 0) & (y != cfg.stop_token)
+
+
+def token_losses(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeDataset, *, gamma: float,
+                 termination_penalty: float, windows: int = 256, seed: int = 1, batch_size: int = 64,
+                 near: int = 3) -> dict[str, GroupLoss]:
+    """Per-group cross-entropy of ``model`` on ``windows`` random windows of ``dataset`` (tokenised with the
+    checkpoint's ``disc``, ``gamma`` and ``termination_penalty``). Windows start at uniformly drawn transitions
+    (``seed``), as in training."""
+    ce, hit, close, count = (np.zeros(len(GROUPS)) for _ in range(4))
+    slices = group_slices(model.cfg.obs_dim, model.cfg.act_dim)
+    for logits, local, dim, real in _teacher_forced(model, disc, dataset, gamma, termination_penalty, windows,
+                                                    seed, batch_size):
         for g, name in enumerate(GROUPS):
             lo, hi = slices[name]
-            sel = real & ((dim >= lo) & (dim < hi))[None, :]
+            sel = real & (dim >= lo) & (dim < hi)
             lg, tgt = logits[sel], local[sel]
             if tgt.numel() == 0:
                 continue
@@ -95,6 +127,32 @@ def token_losses(model: TrajectoryTransformer, disc: Discretizer, dataset: Episo
     with np.errstate(invalid="ignore", divide="ignore"):  # a group with no targets reports nan
         return {name: GroupLoss(*(float(v[g] / count[g]) for v in (ce, hit, close)), int(count[g]))
                 for g, name in enumerate(GROUPS)}
+
+
+def value_fit(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeDataset, *, gamma: float,
+              termination_penalty: float, windows: int = 256, seed: int = 1, batch_size: int = 64,
+              low_fraction: float = 0.05) -> ValueFit:
+    """How well the expected value token tracks its target on the windows :func:`token_losses` scores
+    (same ``seed``): see :class:`ValueFit`. Targets and predictions are in value units (bin midpoints)."""
+    if not 0.0 < low_fraction <= 1.0:
+        raise ValueError(f"low_fraction must be in (0, 1], got {low_fraction}")
+    cfg = model.cfg
+    vd = cfg.obs_dim + cfg.act_dim + 1
+    mids = torch.as_tensor(disc.midpoints_np[vd], dtype=torch.float64)
+    pred, target = [], []
+    for logits, local, dim, real in _teacher_forced(model, disc, dataset, gamma, termination_penalty, windows,
+                                                    seed, batch_size):
+        sel = real & (dim == vd)
+        p = torch.softmax(logits[sel][:, :cfg.n_bins].double(), dim=-1)  # the stop class is not a value
+        pred.append((p * mids.to(p.device)).sum(-1).cpu())
+        target.append(mids[local[sel].cpu()])
+    pv, tv = torch.cat(pred).numpy(), torch.cat(target).numpy()
+    if len(tv) < 2:
+        raise ValueError(f"{len(tv)} value token(s) in {windows} windows: too few to compare")
+    low = tv <= np.quantile(tv, low_fraction)
+    r = float(np.corrcoef(pv, tv)[0, 1]) if pv.std() > 0 and tv.std() > 0 else float("nan")
+    return ValueFit(r=r, low_fraction=low_fraction, low_target=float(tv[low].mean()),
+                    low_predicted=float(pv[low].mean()), mean_target=float(tv.mean()), tokens=len(tv))
 
 
 def uniform_cross_entropy(n_bins: int) -> float:
