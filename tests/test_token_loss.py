@@ -12,7 +12,7 @@ import torch
 from ros_seqplanner.cli import main as cli_main
 from ros_seqplanner.data.d4rl_hdf5 import save_d4rl_hdf5
 from ros_seqplanner.nets.discretizer import Discretizer
-from ros_seqplanner.nets.tokens import fit_discretizer
+from ros_seqplanner.nets.tokens import dataset_transitions, fit_discretizer
 from ros_seqplanner.nets.tt import TrajectoryTransformer, TTConfig, load_tt
 from ros_seqplanner.training.token_loss import (
     GROUPS,
@@ -43,10 +43,17 @@ def test_a_model_that_predicts_nothing_scores_the_uniform_baseline(goal_conditio
     # A uniform prediction puts the expected value at the mean of the value bins' midpoints, for every token.
     vf = value_fit(model, disc, ds, gamma=0.99, termination_penalty=-100.0, windows=50, batch_size=16)
     assert vf.tokens == rew and math.isnan(vf.r)
-    assert vf.low_predicted == pytest.approx(float(disc.midpoints_np[3 + 2 + 1].mean()), rel=1e-5)
-    assert vf.low_target <= vf.mean_target
-    with pytest.raises(ValueError, match="low_fraction"):
-        value_fit(model, disc, ds, gamma=0.99, termination_penalty=-100.0, low_fraction=0.0)
+    assert vf.fall_predicted == pytest.approx(float(disc.midpoints_np[3 + 2 + 1].mean()), rel=1e-5)
+    assert vf.falls == sum(ep.terminated for ep in ds) > 0
+    assert vf.fall_target < vf.mean_target  # the termination penalty pulls the last values down
+    # ...over exactly the last 4 (= max_transitions) transitions of each terminated episode, quantised
+    vd = 3 + 2 + 1
+    last = np.concatenate([tr[-4:, vd] for tr, ep in zip(dataset_transitions(ds, 0.99, -100.0), ds) if ep.terminated])
+    expect = disc.decode_dims(disc.encode_dims(last[:, None], vd, vd + 1), vd, vd + 1)
+    assert vf.fall_target == pytest.approx(float(expect.mean()), rel=1e-6)
+    never_falls = toy_dataset(n_episodes=6, length=30, obs_dim=3, act_dim=2, seed=2, terminate_fraction=0.0)
+    vf = value_fit(model, disc, never_falls, gamma=0.99, termination_penalty=-100.0, windows=50, batch_size=16)
+    assert vf.falls == 0 and vf.fall_target is None and vf.fall_predicted is None
     with pytest.raises(ValueError, match="do not match the model"):
         token_losses(model, disc, toy_dataset(obs_dim=4), gamma=0.99, termination_penalty=-100.0)
 
@@ -63,9 +70,9 @@ def test_training_lowers_every_group_and_the_cli_reports_it(tmp_path, capsys):
         assert after[name] < 0.8 * before[name], (name, before, after)
     v0, v1 = (value_fit(*load_tt(p)[:2], ds, gamma=0.99, termination_penalty=-100.0, windows=64)
               for p in (start, trained))
-    assert v0.low_target == v1.low_target < v1.mean_target  # same windows; the lowest targets: terminal penalties
+    assert v0.fall_target == v1.fall_target < v1.mean_target  # same windows, pulled down by the penalty
     assert v1.r > 0.6 and v1.r > v0.r + 0.2, (v0, v1)
-    assert abs(v1.low_predicted - v1.low_target) < 0.6 * abs(v0.low_predicted - v0.low_target), (v0, v1)
+    assert abs(v1.fall_predicted - v1.fall_target) < 0.6 * abs(v0.fall_predicted - v0.fall_target), (v0, v1)
     save_d4rl_hdf5(ds, tmp_path / "toy.hdf5")
     rc = cli_main(["token-loss", str(tmp_path / "trained"), "--dataset", str(tmp_path / "toy.hdf5"),
                    "--windows", "64", "--out", str(tmp_path / "tl.json")])

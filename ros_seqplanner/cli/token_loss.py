@@ -67,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
     for name, g in groups.items():
         print(f"  {name:<12} cross-entropy {g.cross_entropy:.3f}  top-1 {g.accuracy:.3f}  within 3 bins "
               f"{g.within_near:.3f}  ({g.tokens} tokens)")
-    print(f"  expected value token vs target: r {values.r:.3f}; lowest {values.low_fraction:.0%} of targets: "
-          f"mean target {values.low_target:.1f}, mean prediction {values.low_predicted:.1f} "
-          f"(all targets: mean {values.mean_target:.1f})")
+    print(f"  expected value token vs target: r {values.r:.3f} (mean target {values.mean_target:.1f}, "
+          f"{values.tokens} tokens)")
+    if values.falls:
+        print(f"  last {model.cfg.max_transitions} transitions before a termination ({values.falls} episodes): "
+              f"mean target {values.fall_target:.1f}, mean prediction {values.fall_predicted:.1f}")
     if floor is not None:
         print(f"  action entropy floor under {args.behaviour} (sampled actions): {floor:.3f}")
     if args.out:

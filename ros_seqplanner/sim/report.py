@@ -285,15 +285,15 @@ def token_loss_lines(results: list[dict[str, Any]]) -> list[str]:
              "from the action distribution and scores beams by the reward and value tokens. 'action floor': "
              "the entropy of a binned action dimension given the state under the behaviour policy that made "
              "the data (`--behaviour`), which no model of that data can beat. 'value r': correlation of the "
-             "expected value token (the planner's beam score) with its target over all value tokens; 'lowest 5% "
-             "value': mean target / mean prediction over the lowest 5% of value targets. In hopper and walker2d "
-             "data these are the states just before a fall (termination penalty), where a prediction near the data "
-             "mean cannot warn the planner; halfcheetah never terminates, and its lowest targets are the last steps "
-             "before the 1000-step time limit (the value-to-go is cut off there, as in the official TT), which no "
-             "model of the state can foresee.",
+             "expected value token (the planner's beam score) with its target over all value tokens (in halfcheetah "
+             "data, which never terminates, much of the target's spread is the cut-off at the 1000-step time "
+             "limit, as in the official TT, which no model of the state can foresee); 'value before a fall': "
+             "mean target / mean prediction over the last window of transitions before each termination (up to "
+             "256 episodes; '-' for data without terminations). A prediction near the data mean there cannot "
+             "warn the planner of a fall beyond its few-step horizon.",
              "",
              "| checkpoint | step | data | windows | observation | action | action floor | reward | value | uniform | "
-             "value r | lowest 5% value: target / predicted | note | result file |",
+             "value r | value before a fall: target / predicted | note | result file |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(results, key=lambda r: (str(r.get("checkpoint")), str(r.get("dataset_id")))):
         try:
@@ -316,9 +316,12 @@ def _value_fit_cells(r: dict[str, Any]) -> list[str]:
     if vf is None:  # written before token-loss measured it
         return ["-", "-"]
     try:
-        return [f"{float(vf['r']):.2f}", f"{float(vf['low_target']):.0f} / {float(vf['low_predicted']):.0f}"]
+        fall = "-" if not vf["falls"] else (f"{float(vf['fall_target']):.0f} / {float(vf['fall_predicted']):.0f} "
+                                            f"({int(vf['falls'])} ep.)")
+        return [f"{float(vf['r']):.2f}", fall]
     except (KeyError, TypeError, ValueError) as e:
-        raise ReportError(f"{r.get('_source')}: 'value_fit' needs r, low_target and low_predicted ({e!r})") from e
+        raise ReportError(f"{r.get('_source')}: 'value_fit' needs r, falls, fall_target and fall_predicted "
+                          f"({e!r})") from e
 
 
 def render_report(rows: list[EvalRow], sections: list[dict[str, Any]], title: str = "Results",

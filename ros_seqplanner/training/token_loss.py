@@ -13,9 +13,10 @@ predict its binned actions better than their conditional entropy given the state
 of a token is the entropy of its own dimension).
 
 The value tokens get a second check, :func:`value_fit`: the planner scores beams by the expected value token,
-so that expectation must track the value target. It reports the correlation over all value tokens and, for
-the lowest targets (with a termination penalty: the states just before a fall), the mean prediction next to
-the mean target: a model whose prediction stays at the data mean there cannot steer away from a fall.
+so that expectation must track the value target. It reports the correlation over all value tokens and, over
+the last transitions before each termination (a fall, where the termination penalty pulls the target down),
+the mean prediction next to the mean target: a model whose prediction stays at the data mean there cannot
+steer the planner away from a fall that lies beyond its few-step horizon.
 """
 
 from __future__ import annotations
@@ -57,16 +58,20 @@ class GroupLoss:
 
 @dataclass(frozen=True)
 class ValueFit:
-    """The expected value token (bin midpoints under the predicted distribution) against the value target:
-    Pearson ``r`` over all value tokens, the means of both over the lowest ``low_fraction`` of targets, and the
-    mean target overall."""
+    """The expected value token (bin midpoints under the predicted distribution) against the value target.
+
+    ``r``: Pearson correlation over the value tokens of random windows (``tokens`` of them; nan when either side
+    is constant), ``mean_target`` their mean target. ``fall_target`` / ``fall_predicted``: mean target and mean
+    prediction over the last window of transitions before a termination, in ``falls`` terminated episodes (None
+    when the data has none).
+    """
 
     r: float
-    low_fraction: float
-    low_target: float
-    low_predicted: float
     mean_target: float
     tokens: int
+    fall_target: float | None
+    fall_predicted: float | None
+    falls: int
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,25 +83,33 @@ def group_slices(obs_dim: int, act_dim: int) -> dict[str, tuple[int, int]]:
     return {"observation": (0, o), "action": (o, o + a), "reward": (o + a, o + a + 1), "value": (o + a + 1, o + a + 2)}
 
 
-@torch.no_grad()
-def _teacher_forced(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeDataset, gamma: float,
-                    termination_penalty: float, windows: int, seed: int, batch_size: int
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (logits, target bin within its dimension, dimension, real-target mask) per batch of ``windows``
-    random windows of ``dataset`` (tokenised with the checkpoint's ``disc``, ``gamma`` and
-    ``termination_penalty``), starting at uniformly drawn transitions (``seed``) as in training."""
+def _windows(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeDataset, gamma: float,
+             termination_penalty: float) -> TrajectoryWindows:
+    """``dataset`` tokenised as in training, with the checkpoint's ``disc``, ``gamma`` and penalty."""
     cfg = model.cfg
     if (cfg.obs_dim, cfg.act_dim) != (dataset.obs_dim, dataset.act_dim):
         raise ValueError(f"dataset dims ({dataset.obs_dim}, {dataset.act_dim}) do not match the model "
                          f"({cfg.obs_dim}, {cfg.act_dim})")
+    return TrajectoryWindows(dataset, disc, cfg.max_transitions, gamma, termination_penalty,
+                             goal_conditioned=cfg.goal_conditioned)
+
+
+def _random_starts(data: TrajectoryWindows, windows: int, seed: int) -> np.ndarray:
+    """Window starts at uniformly drawn transitions, as in training."""
     if windows < 1:
         raise ValueError(f"windows must be >= 1, got {windows}")
-    data = TrajectoryWindows(dataset, disc, cfg.max_transitions, gamma, termination_penalty,
-                             goal_conditioned=cfg.goal_conditioned)
-    starts = np.random.default_rng(seed).integers(0, len(data), windows)
+    return np.random.default_rng(seed).integers(0, len(data), windows)
+
+
+@torch.no_grad()
+def _teacher_forced(model: TrajectoryTransformer, data: TrajectoryWindows, starts: np.ndarray, batch_size: int
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (logits, target bin within its dimension, dimension, real-target mask) per batch of the windows
+    of ``data`` starting at ``starts``."""
+    cfg = model.cfg
     model.eval()
     device = next(model.parameters()).device
-    for i in range(0, windows, batch_size):
+    for i in range(0, len(starts), batch_size):
         x, y, mask, *goal = (t.to(device) for t in data.batch(starts[i:i + batch_size]))
         logits = model(x, goal=goal[0] if goal else None)[0]
         dim = torch.arange(1, y.shape[1] + 1, device=device) % cfg.transition_dim  # target p is token p + 1
@@ -109,10 +122,11 @@ def token_losses(model: TrajectoryTransformer, disc: Discretizer, dataset: Episo
     """Per-group cross-entropy of ``model`` on ``windows`` random windows of ``dataset`` (tokenised with the
     checkpoint's ``disc``, ``gamma`` and ``termination_penalty``). Windows start at uniformly drawn transitions
     (``seed``), as in training."""
+    data = _windows(model, disc, dataset, gamma, termination_penalty)
+    starts = _random_starts(data, windows, seed)
     ce, hit, close, count = (np.zeros(len(GROUPS)) for _ in range(4))
     slices = group_slices(model.cfg.obs_dim, model.cfg.act_dim)
-    for logits, local, dim, real in _teacher_forced(model, disc, dataset, gamma, termination_penalty, windows,
-                                                    seed, batch_size):
+    for logits, local, dim, real in _teacher_forced(model, data, starts, batch_size):
         for g, name in enumerate(GROUPS):
             lo, hi = slices[name]
             sel = real & (dim >= lo) & (dim < hi)
@@ -130,29 +144,41 @@ def token_losses(model: TrajectoryTransformer, disc: Discretizer, dataset: Episo
 
 
 def value_fit(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeDataset, *, gamma: float,
-              termination_penalty: float, windows: int = 256, seed: int = 1, batch_size: int = 64,
-              low_fraction: float = 0.05) -> ValueFit:
-    """How well the expected value token tracks its target on the windows :func:`token_losses` scores
-    (same ``seed``): see :class:`ValueFit`. Targets and predictions are in value units (bin midpoints)."""
-    if not 0.0 < low_fraction <= 1.0:
-        raise ValueError(f"low_fraction must be in (0, 1], got {low_fraction}")
+              termination_penalty: float, windows: int = 256, seed: int = 1, batch_size: int = 64) -> ValueFit:
+    """How well the expected value token tracks its target (see :class:`ValueFit`): on the random windows
+    :func:`token_losses` scores (same ``seed``), and on the last window before each termination (up to
+    ``windows`` terminated episodes, drawn with ``seed``). Values in value units (bin midpoints)."""
+    data = _windows(model, disc, dataset, gamma, termination_penalty)
+    pv, tv = _value_pairs(model, disc, data, _random_starts(data, windows, seed), batch_size)
+    if len(tv) < 2:
+        raise ValueError(f"{len(tv)} value token(s) in {windows} windows: too few to compare")
+    r = float(np.corrcoef(pv, tv)[0, 1]) if pv.std() > 0 and tv.std() > 0 else float("nan")
+    ends = np.unique(data.episode_end)  # exclusive end row of every episode, ascending
+    firsts = np.r_[0, ends[:-1]]
+    fell = data.terminated[ends - 1]
+    picks = np.random.default_rng(seed).permutation(np.flatnonzero(fell))[:windows]
+    fall = None
+    if len(picks):  # the window that ends with the terminal transition (or the whole episode if shorter)
+        fall = _value_pairs(model, disc, data, np.maximum(ends[picks] - model.cfg.max_transitions, firsts[picks]),
+                            batch_size)
+    return ValueFit(r=r, mean_target=float(tv.mean()), tokens=len(tv),
+                    fall_target=None if fall is None else float(fall[1].mean()),
+                    fall_predicted=None if fall is None else float(fall[0].mean()), falls=len(picks))
+
+
+def _value_pairs(model: TrajectoryTransformer, disc: Discretizer, data: TrajectoryWindows, starts: np.ndarray,
+                 batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(expected value token, target value) for every real value token of the windows at ``starts``."""
     cfg = model.cfg
     vd = cfg.obs_dim + cfg.act_dim + 1
     mids = torch.as_tensor(disc.midpoints_np[vd], dtype=torch.float64)
     pred, target = [], []
-    for logits, local, dim, real in _teacher_forced(model, disc, dataset, gamma, termination_penalty, windows,
-                                                    seed, batch_size):
+    for logits, local, dim, real in _teacher_forced(model, data, starts, batch_size):
         sel = real & (dim == vd)
         p = torch.softmax(logits[sel][:, :cfg.n_bins].double(), dim=-1)  # the stop class is not a value
         pred.append((p * mids.to(p.device)).sum(-1).cpu())
         target.append(mids[local[sel].cpu()])
-    pv, tv = torch.cat(pred).numpy(), torch.cat(target).numpy()
-    if len(tv) < 2:
-        raise ValueError(f"{len(tv)} value token(s) in {windows} windows: too few to compare")
-    low = tv <= np.quantile(tv, low_fraction)
-    r = float(np.corrcoef(pv, tv)[0, 1]) if pv.std() > 0 and tv.std() > 0 else float("nan")
-    return ValueFit(r=r, low_fraction=low_fraction, low_target=float(tv[low].mean()),
-                    low_predicted=float(pv[low].mean()), mean_target=float(tv.mean()), tokens=len(tv))
+    return torch.cat(pred).numpy(), torch.cat(target).numpy()
 
 
 def uniform_cross_entropy(n_bins: int) -> float:
