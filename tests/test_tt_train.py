@@ -167,3 +167,60 @@ def test_goal_conditioned_training_and_checkpoint(tmp_path):
     cache = model.new_cache(1, 5)
     torch.testing.assert_close(model.decode_many(toks[:, 4:], prefix, cache), model(toks, goal=goal)[0][:, 4:],
                                rtol=0, atol=1e-5)
+
+
+def test_termination_starts_cover_exactly_the_windows_that_hold_a_fall():
+    from ros_seqplanner.nets.tokens import fit_discretizer
+
+    ds = toy_dataset(n_episodes=6, length=12, seed=2, terminate_fraction=0.5)
+    m = 4
+    win = TrajectoryWindows(ds, fit_discretizer(ds, 8), m)
+    expect, row = [], 0
+    for ep in ds:
+        n = len(ep.actions)
+        if ep.terminated:  # windows [s, s + m) that contain the terminal row, s inside the episode
+            expect += list(range(row + max(0, n - m), row + n))
+        row += n
+    assert win.termination_starts().tolist() == expect and len(expect) == 3 * m
+    # each such window ends with the STOP target of a termination
+    _, y, mask = win.batch(win.termination_starts())
+    assert bool(((y == win.stop_token) & (mask > 0)).any(dim=1).all())
+
+
+def test_fall_sampling_is_deterministic_and_leaves_the_uniform_draw_alone():
+    from ros_seqplanner.training.tt import sample_starts
+
+    falls = np.array([3, 4, 5])
+    plain = sample_starts(1000, 64, seed=1, step=7, rank=0)
+    assert np.array_equal(plain, np.random.default_rng([1, 7, 0]).integers(0, 1000, 64))  # unchanged by the option
+    assert np.array_equal(sample_starts(1000, 64, 1, 7, 0, falls, 0.0), plain)
+    mixed = sample_starts(1000, 4096, 1, 7, 0, falls, 0.25)
+    assert np.array_equal(mixed, sample_starts(1000, 4096, 1, 7, 0, falls, 0.25))  # a resumed run redraws it
+    share = np.isin(mixed, falls).mean()
+    assert 0.22 < share < 0.28  # 25 % redrawn, plus the uniform draw's rare hits (3 / 1000)
+    with pytest.raises(ValueError, match="fall_fraction"):
+        TTTrainConfig(fall_fraction=1.0)
+
+
+def test_fall_oversampling_teaches_the_value_before_a_rare_fall(tmp_path, capsys):
+    from ros_seqplanner.training.token_loss import value_fit
+
+    ds = toy_dataset(n_episodes=40, length=40, seed=1, terminate_fraction=0.05)  # 2 falls in 40 episodes
+    fits = {}
+    for f in (0.0, 0.25):
+        cfg = TTTrainConfig(**{**TINY, "max_steps": 200, "dropout": 0.0, "lr": 1e-2, "seed": 1, "fall_fraction": f})
+        path = train_tt(ds, cfg, tmp_path / f"f{f}", planner={"horizon": 2})
+        assert load_tt(path)[2]["train_config"]["fall_fraction"] == f
+        fits[f] = value_fit(*load_tt(path)[:2], ds, gamma=0.99, termination_penalty=-100.0, windows=64)
+    target = fits[0.0].fall_target
+    assert fits[0.0].falls == 2 and target < fits[0.0].mean_target - 30
+    # Sampled uniformly, the windows before the two falls are rare and the value prediction there stays near
+    # the data mean; oversampled, it learns them.
+    assert abs(fits[0.25].fall_predicted - target) < 0.3 * abs(fits[0.0].fall_predicted - target), fits
+    never = toy_dataset(n_episodes=3, length=10, seed=2, terminate_fraction=0.0)
+    with pytest.raises(ValueError, match="needs terminated episodes"):
+        train_tt(never, TTTrainConfig(**TINY, max_steps=1, fall_fraction=0.1), tmp_path / "never",
+                 planner={"horizon": 2})
+    assert cli_main(["train", "tt", "--dataset", str(tmp_path / "missing.hdf5"), "--out", str(tmp_path / "c"),
+                     "--fall-fraction", "1.5"]) == 2
+    assert "fall_fraction must be in [0, 1)" in capsys.readouterr().err

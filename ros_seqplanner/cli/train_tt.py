@@ -12,8 +12,12 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ros_seqplanner.cli._common import add_dataset_arguments, add_runtime_arguments, key_value
+
+if TYPE_CHECKING:
+    from ros_seqplanner.training.tt import TTTrainConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the resumed checkpoint's")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=256, help="per process")
+    g.add_argument("--fall-fraction", type=float, default=0.0,
+                   help="share of each batch drawn from windows that hold a termination (oversamples rare falls; "
+                        "0 = uniform, as the reference)")
     g.add_argument("--lr", type=float, default=6e-4)
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--epochs", type=float, default=50.0)
@@ -57,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from ros_seqplanner.data.episodes import DatasetError
     from ros_seqplanner.nets.checkpoint import CheckpointError
     from ros_seqplanner.planning.beam import PlannerConfig
-    from ros_seqplanner.training.tt import TTTrainConfig, train_tt
+    from ros_seqplanner.training.tt import train_tt
 
     planner = None
     if args.planner is not None:
@@ -67,20 +74,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     try:
+        config = _config(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
         dataset = load_training_dataset(args)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    config = TTTrainConfig(
-        n_bins=args.n_bins, strategy=args.strategy, gamma=args.gamma, termination_penalty=args.termination_penalty,
-        max_transitions=args.max_transitions, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-        dropout=args.dropout, attn_dropout=args.attn_dropout,
-        action_weight=args.action_weight, goal_conditioned=args.goal_conditioned,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs,
-        max_steps=args.steps, warmup_steps=args.warmup_steps, stop_at_step=args.stop_at_step,
-        checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, amp=not args.no_amp,
-        progress=not args.no_progress,
-    )
     command = "seqplanner " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         path = train_tt(dataset, config, Path(args.out), resume=args.resume, command=command,
@@ -93,3 +95,19 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {path}")
     return 0
+
+
+def _config(args: argparse.Namespace) -> TTTrainConfig:
+    from ros_seqplanner.training.tt import TTTrainConfig
+
+    return TTTrainConfig(
+        n_bins=args.n_bins, strategy=args.strategy, gamma=args.gamma, termination_penalty=args.termination_penalty,
+        max_transitions=args.max_transitions, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+        dropout=args.dropout, attn_dropout=args.attn_dropout,
+        action_weight=args.action_weight, goal_conditioned=args.goal_conditioned,
+        batch_size=args.batch_size, fall_fraction=args.fall_fraction, lr=args.lr, weight_decay=args.weight_decay,
+        epochs=args.epochs,
+        max_steps=args.steps, warmup_steps=args.warmup_steps, stop_at_step=args.stop_at_step,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, amp=not args.no_amp,
+        progress=not args.no_progress,
+    )

@@ -182,3 +182,11 @@ class TrajectoryWindows(Dataset):
         if self.goal_conditioned:
             out = (*out, torch.from_numpy(self.goals[starts]))
         return out
+
+    def termination_starts(self) -> np.ndarray:
+        """Window starts (global rows) whose window holds the last transition of a terminated episode."""
+        if not hasattr(self, "_termination_starts"):
+            rows = np.arange(len(self))
+            near_end = self.episode_end - rows <= self.max_transitions
+            self._termination_starts = np.flatnonzero(self.terminated & near_end)
+        return self._termination_starts

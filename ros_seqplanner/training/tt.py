@@ -56,6 +56,10 @@ class TTTrainConfig:
     attn_dropout: float | None = None  # None = dropout
     # optimisation
     batch_size: int = 256
+    # Share of each batch drawn from the windows that hold a termination (a fall); the rest uniform. Not in
+    # the reference, which samples every window uniformly (0.0): for data where falls are rare, so that the
+    # value tokens learn what precedes one. It reweights inputs, not targets.
+    fall_fraction: float = 0.0
     lr: float = 6e-4
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.1
@@ -70,6 +74,10 @@ class TTTrainConfig:
     checkpoint_every: int = 0  # steps; 0 = only at the end
     stop_at_step: int | None = None  # stop early with a resumable checkpoint (split a run across jobs)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fall_fraction < 1.0:
+            raise ValueError(f"fall_fraction must be in [0, 1), got {self.fall_fraction}")
 
     def model_config(self, obs_dim: int, act_dim: int) -> TTConfig:
         return TTConfig(obs_dim=obs_dim, act_dim=act_dim, n_bins=self.n_bins, n_layer=self.n_layer,
@@ -186,9 +194,17 @@ def total_steps(config: TTTrainConfig, n_windows: int, world_size: int = 1) -> i
     return max(1, int(np.ceil(config.epochs * n_windows / (config.batch_size * world_size))))
 
 
-def sample_starts(n: int, batch: int, seed: int, step: int, rank: int) -> np.ndarray:
+def sample_starts(n: int, batch: int, seed: int, step: int, rank: int, fall_starts: np.ndarray | None = None,
+                  fall_fraction: float = 0.0) -> np.ndarray:
+    """Window starts for one batch, a function of (seed, step, rank) so a resumed run sees the same batches:
+    uniform over ``n``, except that each slot is, with probability ``fall_fraction``, redrawn uniformly from
+    ``fall_starts`` (see ``TTTrainConfig.fall_fraction``)."""
     rng = np.random.default_rng([seed, step, rank])
-    return rng.integers(0, n, size=batch)
+    starts = rng.integers(0, n, size=batch)
+    if fall_fraction > 0.0 and fall_starts is not None and len(fall_starts):
+        pick = np.flatnonzero(rng.random(batch) < fall_fraction)
+        starts[pick] = fall_starts[rng.integers(0, len(fall_starts), len(pick))]
+    return starts
 
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, windows: TrajectoryWindows,
@@ -196,7 +212,8 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, windows: Trajec
     """One optimizer step on a freshly sampled batch; returns the loss. (Also used by the benchmark.)"""
     for g in opt.param_groups:
         g["lr"] = lr
-    starts = sample_starts(len(windows), config.batch_size, config.seed, step, rank)
+    starts = sample_starts(len(windows), config.batch_size, config.seed, step, rank,
+                           windows.termination_starts() if config.fall_fraction > 0 else None, config.fall_fraction)
     batch = [t.to(device, non_blocking=True) for t in windows.batch(starts)]
     goal = batch[3] if config.goal_conditioned else None
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
@@ -238,6 +255,9 @@ def train_tt(dataset: EpisodeDataset, config: TTTrainConfig, out: str | Path, *,
                          f"({model.cfg.obs_dim}, {model.cfg.act_dim})")
     windows = TrajectoryWindows(dataset, disc, config.max_transitions, config.gamma, config.termination_penalty,
                                 goal_conditioned=config.goal_conditioned)
+    if config.fall_fraction > 0 and not len(windows.termination_starts()):
+        raise ValueError(f"fall_fraction {config.fall_fraction} needs terminated episodes; {dataset.dataset_id} "
+                         "has none")
     model.to(device)
     opt = make_adamw(model, config.lr, config.betas, config.weight_decay, device)
     step = 0
