@@ -53,7 +53,7 @@ def test_a_model_that_predicts_nothing_scores_the_uniform_baseline(goal_conditio
     assert vf.fall_target == pytest.approx(float(expect.mean()), rel=1e-6)
     never_falls = toy_dataset(n_episodes=6, length=30, obs_dim=3, act_dim=2, seed=2, terminate_fraction=0.0)
     vf = value_fit(model, disc, never_falls, gamma=0.99, termination_penalty=-100.0, windows=50, batch_size=16)
-    assert vf.falls == 0 and vf.fall_target is None and vf.fall_predicted is None
+    assert vf.falls == 0 and vf.fall_profile == () and vf.fall_target is None and vf.fall_predicted is None
     with pytest.raises(ValueError, match="do not match the model"):
         token_losses(model, disc, toy_dataset(obs_dim=4), gamma=0.99, termination_penalty=-100.0)
 
@@ -82,7 +82,12 @@ def test_training_lowers_every_group_and_the_cli_reports_it(tmp_path, capsys):
     assert res["step"] == 200 and res["uniform_cross_entropy"] == pytest.approx(math.log(11))
     assert res["groups"]["observation"]["cross_entropy"] == pytest.approx(after["observation"], rel=1e-6)
     assert f"{after['action']:.3f}" in printed
-    assert res["value_fit"] == pytest.approx(v1.to_dict(), rel=1e-6) and f"r {v1.r:.3f}" in printed
+    got, want = res["value_fit"], json.loads(json.dumps(v1.to_dict()))
+    assert got["r"] == pytest.approx(want["r"], rel=1e-6) and got["falls"] == want["falls"] == 2
+    assert [f["first"] for f in got["fall_profile"]] == [1, 9, 17]  # 0, 2 and 4 windows of 4 before the end
+    for g, w in zip(got["fall_profile"], want["fall_profile"], strict=True):
+        assert g == pytest.approx(w, rel=1e-6)
+    assert f"r {v1.r:.3f}" in printed and "17-20 steps before a termination (2 episodes)" in printed
     save_d4rl_hdf5(toy_dataset(n_episodes=2, length=10, obs_dim=5), tmp_path / "other.hdf5")
     assert cli_main(["token-loss", str(tmp_path / "trained"), "--dataset", str(tmp_path / "other.hdf5")]) == 2
     assert "do not match the model" in capsys.readouterr().err

@@ -69,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
               f"{g.within_near:.3f}  ({g.tokens} tokens)")
     print(f"  expected value token vs target: r {values.r:.3f} (mean target {values.mean_target:.1f}, "
           f"{values.tokens} tokens)")
-    if values.falls:
-        print(f"  last {model.cfg.max_transitions} transitions before a termination ({values.falls} episodes): "
-              f"mean target {values.fall_target:.1f}, mean prediction {values.fall_predicted:.1f}")
+    for f in values.fall_profile:
+        print(f"  {f.first}-{f.last} steps before a termination ({f.episodes} episodes): mean target {f.target:.1f}, "
+              f"mean prediction {f.predicted:.1f}")
     if floor is not None:
         print(f"  action entropy floor under {args.behaviour} (sampled actions): {floor:.3f}")
     if args.out:

@@ -288,9 +288,10 @@ def token_loss_lines(results: list[dict[str, Any]]) -> list[str]:
              "expected value token (the planner's beam score) with its target over all value tokens (in halfcheetah "
              "data, which never terminates, much of the target's spread is the cut-off at the 1000-step time "
              "limit, as in the official TT, which no model of the state can foresee); 'value before a fall': "
-             "mean target / mean prediction over the last window of transitions before each termination (up to "
-             "256 episodes; '-' for data without terminations). A prediction near the data mean there cannot "
-             "warn the planner of a fall beyond its few-step horizon.",
+             "target / prediction, means over the transitions 1-10, 21-30 and 41-50 steps before each termination "
+             "(up to 256 episodes; '-' for data without terminations). The planner looks only a few steps ahead, "
+             "so the value must drop well before a fall for it to steer away: a prediction that stays near the "
+             "data mean cannot warn it.",
              "",
              "| checkpoint | step | data | windows | observation | action | action floor | reward | value | uniform | "
              "value r | value before a fall: target / predicted | note | result file |",
@@ -316,12 +317,12 @@ def _value_fit_cells(r: dict[str, Any]) -> list[str]:
     if vf is None:  # written before token-loss measured it
         return ["-", "-"]
     try:
-        fall = "-" if not vf["falls"] else (f"{float(vf['fall_target']):.0f} / {float(vf['fall_predicted']):.0f} "
-                                            f"({int(vf['falls'])} ep.)")
+        parts = [f"{int(f['first'])}-{int(f['last'])}: {float(f['target']):.0f} / {float(f['predicted']):.0f}"
+                 for f in vf["fall_profile"]]
+        fall = f"{'; '.join(parts)} ({int(vf['falls'])} ep.)" if parts else "-"
         return [f"{float(vf['r']):.2f}", fall]
     except (KeyError, TypeError, ValueError) as e:
-        raise ReportError(f"{r.get('_source')}: 'value_fit' needs r, falls, fall_target and fall_predicted "
-                          f"({e!r})") from e
+        raise ReportError(f"{r.get('_source')}: 'value_fit' needs r, falls and fall_profile ({e!r})") from e
 
 
 def render_report(rows: list[EvalRow], sections: list[dict[str, Any]], title: str = "Results",

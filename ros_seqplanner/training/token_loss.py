@@ -57,21 +57,40 @@ class GroupLoss:
 
 
 @dataclass(frozen=True)
+class FallValue:
+    """Mean value target and mean expected value token over the transitions ``first``..``last`` steps before a
+    termination (1 = the terminal transition), in ``episodes`` terminated episodes long enough to have them."""
+
+    first: int
+    last: int
+    target: float
+    predicted: float
+    episodes: int
+
+
+@dataclass(frozen=True)
 class ValueFit:
     """The expected value token (bin midpoints under the predicted distribution) against the value target.
 
     ``r``: Pearson correlation over the value tokens of random windows (``tokens`` of them; nan when either side
-    is constant), ``mean_target`` their mean target. ``fall_target`` / ``fall_predicted``: mean target and mean
-    prediction over the last window of transitions before a termination, in ``falls`` terminated episodes (None
-    when the data has none).
+    is constant), ``mean_target`` their mean target. ``fall_profile``: :class:`FallValue` for windows ending 0,
+    2 and 4 window lengths before a termination (empty when the data has none), over ``falls`` terminated
+    episodes.
     """
 
     r: float
     mean_target: float
     tokens: int
-    fall_target: float | None
-    fall_predicted: float | None
     falls: int
+    fall_profile: tuple[FallValue, ...] = ()
+
+    @property
+    def fall_target(self) -> float | None:
+        return self.fall_profile[0].target if self.fall_profile else None
+
+    @property
+    def fall_predicted(self) -> float | None:
+        return self.fall_profile[0].predicted if self.fall_profile else None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,8 +165,9 @@ def token_losses(model: TrajectoryTransformer, disc: Discretizer, dataset: Episo
 def value_fit(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeDataset, *, gamma: float,
               termination_penalty: float, windows: int = 256, seed: int = 1, batch_size: int = 64) -> ValueFit:
     """How well the expected value token tracks its target (see :class:`ValueFit`): on the random windows
-    :func:`token_losses` scores (same ``seed``), and on the last window before each termination (up to
-    ``windows`` terminated episodes, drawn with ``seed``). Values in value units (bin midpoints)."""
+    :func:`token_losses` scores (same ``seed``), and on windows that end 0, 2 and 4 window lengths before a
+    termination (up to ``windows`` terminated episodes, drawn with ``seed``): a planner that looks a few steps
+    ahead needs the value to drop well before the fall. Values in value units (bin midpoints)."""
     data = _windows(model, disc, dataset, gamma, termination_penalty)
     pv, tv = _value_pairs(model, disc, data, _random_starts(data, windows, seed), batch_size)
     if len(tv) < 2:
@@ -157,13 +177,16 @@ def value_fit(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeD
     firsts = np.r_[0, ends[:-1]]
     fell = data.terminated[ends - 1]
     picks = np.random.default_rng(seed).permutation(np.flatnonzero(fell))[:windows]
-    fall = None
-    if len(picks):  # the window that ends with the terminal transition (or the whole episode if shorter)
-        fall = _value_pairs(model, disc, data, np.maximum(ends[picks] - model.cfg.max_transitions, firsts[picks]),
-                            batch_size)
-    return ValueFit(r=r, mean_target=float(tv.mean()), tokens=len(tv),
-                    fall_target=None if fall is None else float(fall[1].mean()),
-                    fall_predicted=None if fall is None else float(fall[0].mean()), falls=len(picks))
+    m, profile = model.cfg.max_transitions, []
+    for gap in (0, 2 * m, 4 * m) if len(picks) else ():
+        if gap == 0:  # the window that ends with the terminal transition (or the whole episode if shorter)
+            starts = np.maximum(ends[picks] - m, firsts[picks])
+        else:  # windows ending ``gap`` transitions before it, in episodes long enough to hold them
+            starts = (ends[picks] - m - gap)[ends[picks] - m - gap >= firsts[picks]]
+        if len(starts):
+            pf, tf = _value_pairs(model, disc, data, starts, batch_size)
+            profile.append(FallValue(gap + 1, gap + m, float(tf.mean()), float(pf.mean()), len(starts)))
+    return ValueFit(r=r, mean_target=float(tv.mean()), tokens=len(tv), falls=len(picks), fall_profile=tuple(profile))
 
 
 def _value_pairs(model: TrajectoryTransformer, disc: Discretizer, data: TrajectoryWindows, starts: np.ndarray,
