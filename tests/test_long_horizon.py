@@ -170,10 +170,10 @@ def test_errors_starts_and_compare_json(tmp_path):
                            rewards=np.zeros(12, np.float32), truncated=True, final_observation=obs[-1] + 1))
     res = compare(eps, horizon=5, starts_per_episode=2, tt=tiny_tt(), mlp=tiny_mlp(), progress=False)
     assert res["kind"] == "long_horizon" and res["horizons"] == [1, 2, 3, 4, 5] and res["num_starts"] == 4
-    assert set(res["models"]) == {"constant", "mlp_dynamics", "tt_greedy", "tt_tokenizer_floor"}
+    assert set(res["models"]) == {"constant", "data_median", "mlp_dynamics", "tt_greedy", "tt_tokenizer_floor"}
     both = compare(eps, horizon=5, starts_per_episode=2, tt=tiny_tt(), progress=False,
                    tt_decodes=("greedy", "median"))
-    assert set(both["models"]) == {"constant", "tt_greedy", "tt_median", "tt_tokenizer_floor"}
+    assert set(both["models"]) == {"constant", "data_median", "tt_greedy", "tt_median", "tt_tokenizer_floor"}
     assert both["models"]["tt_greedy"]["error"] == res["models"]["tt_greedy"]["error"]
     with pytest.raises(ValueError, match="tt_decodes"):
         compare(eps, horizon=5, tt=tiny_tt(), progress=False, tt_decodes=("mode",))
@@ -182,6 +182,9 @@ def test_errors_starts_and_compare_json(tmp_path):
     expect = np.mean([np.mean(np.abs(e.next_observations()[t] - e.observations[t]) / scale)
                       for e in eps for t in (0, 7)])
     assert res["models"]["constant"]["error"][0] == pytest.approx(expect, rel=1e-5)
+    med = np.median(np.concatenate([e.observations for e in eps]), 0)  # data_median at h=2, recomputed
+    expect = np.mean([np.mean(np.abs(e.next_observations()[t + 1] - med) / scale) for e in eps for t in (0, 7)])
+    assert res["models"]["data_median"]["error"][1] == pytest.approx(expect, rel=1e-5)
     json.dumps(res)
     assert plot(res, tmp_path / "lh.png").stat().st_size > 0
     with pytest.raises(ValueError, match="longer than the horizon"):
@@ -204,4 +207,4 @@ def test_main_writes_json_and_plot(tmp_path):
     assert main(["--dataset", str(tmp_path / "d.hdf5"), "--mlp", str(tmp_path / "dyn"), "--horizon", "4",
                  "--out", str(out), "--plot", str(png)]) == 0
     res = json.loads(out.read_text())
-    assert set(res["models"]) == {"constant", "mlp_dynamics"} and png.is_file()
+    assert set(res["models"]) == {"constant", "data_median", "mlp_dynamics"} and png.is_file()

@@ -15,9 +15,10 @@ several start steps t0, both models see the true s_{t0} and the logged actions a
   re-encoded with positions starting at 0 (the official planner crops the context the same way).
 
 Error at horizon h = mean over observation dimensions of |prediction - truth| / std (std of the evaluation
-episodes' observations), averaged over episodes and starts. Two reference rows come with it: "constant"
-(predict s_{t0} forever) and the TT tokenizer's round-trip error on the true states (the quantisation floor
-no TT prediction can go below).
+episodes' observations), averaged over episodes and starts. Three reference rows come with it: "constant"
+(predict s_{t0} forever), "data_median" (predict the evaluation episodes' per-dimension median: a model whose
+error sits above it has lost all information about where the system is) and the TT tokenizer's round-trip
+error on the true states (the quantisation floor no TT prediction can go below).
 
 Run: ``python -m ros_seqplanner.sim.long_horizon --tt models/tt_x --mlp models/dyn_x --dataset held_out.hdf5``.
 """
@@ -180,7 +181,8 @@ def compare(episodes: list, horizon: int, starts_per_episode: int = 3, tt: tuple
         raise ValueError(f"tt_decodes must be a non-empty subset of {DECODES}, got {tt_decodes}")
     all_obs = np.concatenate([ep.observations for ep in episodes]).astype(np.float64)
     scale = (all_obs.std(axis=0) + 1e-6).astype(np.float32)
-    errs: dict[str, list[np.ndarray]] = {"constant": []}
+    median = np.median(all_obs, axis=0).astype(np.float32)
+    errs: dict[str, list[np.ndarray]] = {"constant": [], "data_median": []}
     if mlp is not None:
         errs["mlp_dynamics"] = []
     if tt is not None:
@@ -194,6 +196,7 @@ def compare(episodes: list, horizon: int, starts_per_episode: int = 3, tt: tuple
             true = nxt[t0:t0 + horizon]
             obs0, acts = ep.observations[t0], ep.actions[t0:t0 + horizon]
             errs["constant"].append(horizon_error(np.broadcast_to(obs0, true.shape), true, scale))
+            errs["data_median"].append(horizon_error(np.broadcast_to(median, true.shape), true, scale))
             if mlp is not None:
                 t = time.perf_counter()
                 errs["mlp_dynamics"].append(horizon_error(mlp_open_loop(mlp, obs0, acts)[0], true, scale))
@@ -216,6 +219,8 @@ def compare(episodes: list, horizon: int, starts_per_episode: int = 3, tt: tuple
         raise ValueError(f"no episode is longer than the horizon {horizon}")
     notes = {
         "constant": "predict s_t0 for every h (reference)",
+        "data_median": "predict the per-dimension median of the evaluation episodes' observations for every h "
+                       "(reference: knows the test data's marginals, nothing of s_t0)",
         "mlp_dynamics": "single-step MLP, fed its own predictions",
         "tt_greedy": "greedy decoding with logged actions; block of "
                      f"{tt[0].cfg.max_transitions if tt else '?'} transitions, sliding window beyond it",
@@ -239,7 +244,8 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     h = result["horizons"]
     for name, m in result["models"].items():
-        ax.plot(h, m["error"], label=name, linestyle="--" if name in ("constant", "tt_tokenizer_floor") else "-")
+        ref = name in ("constant", "data_median", "tt_tokenizer_floor")
+        ax.plot(h, m["error"], label=name, linestyle="--" if ref else "-")
     ax.set_yscale("log")
     ax.set_xlabel("prediction horizon h (steps)")
     ax.set_ylabel("mean |error| / std")
