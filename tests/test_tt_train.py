@@ -101,6 +101,32 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
         train_tt(ds, TTTrainConfig(**{**TINY, "n_embd": 64}, max_steps=6), tmp_path / "x", resume=half)
 
 
+def test_init_from_fine_tunes_a_checkpoint_without_its_training_state(trained, tmp_path):
+    ds, cfg, path = trained
+    src, sdisc, _ = load_tt(path)
+    shipped = tmp_path / "shipped"  # weights + JSON only, as in models/
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(path.with_suffix(suffix), shipped.with_suffix(suffix))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train_tt(ds, cfg, tmp_path / "r", resume=shipped)
+    # a near-zero learning rate keeps the source's weights: they were loaded, not re-initialised
+    still = TTTrainConfig(**{**TINY, "lr": 1e-12, "dropout": 0.0}, max_steps=2, seed=9)
+    model, disc, meta = load_tt(train_tt(ds, still, tmp_path / "ft0", init_from=shipped))
+    assert meta["step"] == 2 and meta["total_steps"] == 2  # a new run: step 0 and this config's schedule
+    assert meta["init_from"] == {"checkpoint": str(shipped), "step": 250, "training_command": "pytest"}
+    assert np.array_equal(disc.edges, sdisc.edges)
+    for (name, pa), pb in zip(src.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6, msg=name)
+    # a fresh run with the same seed starts elsewhere, and fine-tuning from the trained weights starts lower
+    fresh = load_tt(train_tt(ds, still, tmp_path / "fresh"))[0]
+    assert any(not torch.allclose(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    assert _eval_loss(model, ds, disc, cfg) < _eval_loss(fresh, ds, disc, cfg) - 0.5
+    with pytest.raises(CheckpointError, match=r"cannot fine-tune from .*differs"):
+        train_tt(ds, TTTrainConfig(**{**TINY, "n_embd": 64}, max_steps=2), tmp_path / "x", init_from=shipped)
+    with pytest.raises(ValueError, match="exclusive"):
+        train_tt(ds, still, tmp_path / "y", resume=path, init_from=shipped)
+
+
 def test_checkpoints_ship_the_planner_settings_given_at_training(tmp_path):
     from ros_seqplanner.policies.tt import TTPolicy
 

@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_dataset_arguments(p)
-    p.add_argument("--resume", default=None, help="continue from this checkpoint (its .state files next to it)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--resume", default=None, help="continue from this checkpoint (its .state files next to it)")
+    src.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                     help="fine-tune: start from this TT checkpoint's weights and discretiser (no .state files "
+                          "needed) with a fresh optimizer, step 0 and this run's --steps/--lr schedule")
     g = p.add_argument_group("tokens")
     g.add_argument("--n-bins", type=int, default=100)
     g.add_argument("--strategy", choices=("uniform", "quantile"), default="quantile")
@@ -41,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("planning")
     g.add_argument("--planner", type=key_value, action="append", default=None, metavar="KEY=VALUE",
                    help="planner setting the checkpoint ships (a PlannerConfig field, e.g. horizon=5 when the "
-                        "dataset's preset horizon exceeds --max-transitions); repeatable; default with --resume: "
-                        "the resumed checkpoint's")
+                        "dataset's preset horizon exceeds --max-transitions); repeatable; default with --resume or "
+                        "--init-from: that checkpoint's")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=256, help="per process")
     g.add_argument("--fall-fraction", type=float, default=0.0,
@@ -85,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     command = "seqplanner " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
-        path = train_tt(dataset, config, Path(args.out), resume=args.resume, command=command,
-                        planner=planner)
+        path = train_tt(dataset, config, Path(args.out), resume=args.resume, init_from=args.init_from,
+                        command=command, planner=planner)
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

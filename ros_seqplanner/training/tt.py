@@ -226,25 +226,32 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, windows: Trajec
 
 
 def train_tt(dataset: EpisodeDataset, config: TTTrainConfig, out: str | Path, *, resume: str | Path | None = None,
-             command: str | None = None, planner: dict[str, Any] | None = None) -> Path:
+             init_from: str | Path | None = None, command: str | None = None,
+             planner: dict[str, Any] | None = None) -> Path:
     """Train, checkpoint to ``out`` (``out.safetensors`` + ``out.json``), return the JSON path.
 
     ``resume``: a checkpoint written by this function (its ``.state`` files must sit next to it); training
     continues from its step with its discretizer, up to the same total number of steps.
+    ``init_from``: fine-tune a TT checkpoint (a shipped one needs no ``.state`` files): its weights and
+    discretizer, a fresh optimizer, step 0 and this config's schedule. Exclusive with ``resume``.
     ``planner``: PlannerConfig fields the checkpoint ships as its ``"planner"`` settings (what
     ``TTPolicy.from_checkpoint`` plans with unless the caller overrides them), e.g. ``{"horizon": 5}`` for a
     block too short for the dataset's preset horizon. Default: the resumed checkpoint's, else none.
     """
+    if resume is not None and init_from is not None:
+        raise ValueError("resume and init_from are exclusive: resume continues a run, init_from starts a new one")
     dist_info, device = init_distributed(config.device)
     seed_everything(config.seed)
-    if resume is not None:
-        model, disc, rmeta = load_tt(resume, device="cpu")
+    source = resume if resume is not None else init_from
+    if source is not None:
+        model, disc, rmeta = load_tt(source, device="cpu")
         model.train()
         old = TTTrainConfig.from_dict(rmeta.get("train_config", {}))
         same_tokens = (old.n_bins, old.strategy, old.gamma, old.termination_penalty) == (
             config.n_bins, config.strategy, config.gamma, config.termination_penalty)
         if model.cfg != config.model_config(dataset.obs_dim, dataset.act_dim) or not same_tokens:
-            raise CheckpointError(f"cannot resume from {resume}: its model/tokenizer config differs from this run's")
+            verb = "resume" if resume is not None else "fine-tune"
+            raise CheckpointError(f"cannot {verb} from {source}: its model/tokenizer config differs from this run's")
     else:
         rmeta = {}
         disc = fit_discretizer(dataset, config.n_bins, config.strategy, config.gamma, config.termination_penalty)
@@ -272,6 +279,11 @@ def train_tt(dataset: EpisodeDataset, config: TTTrainConfig, out: str | Path, *,
     n_steps = total_steps(config, len(windows), dist_info.world_size)
     warmup = config.warmup_steps if config.warmup_steps is not None else max(1, n_steps // 20)
     meta = _checkpoint_meta(dataset, config, disc, dist_info, command, n_steps)
+    if init_from is not None:
+        meta["init_from"] = {"checkpoint": str(init_from), "step": rmeta.get("step"),
+                             "training_command": rmeta.get("training_command")}
+    elif "init_from" in rmeta:
+        meta["init_from"] = rmeta["init_from"]  # a resumed fine-tuning run keeps its origin
     if planner:
         meta["planner"] = planner
     bar = _progress(n_steps, step, config.progress and dist_info.is_main)
