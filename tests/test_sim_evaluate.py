@@ -81,10 +81,16 @@ def test_evaluate_each_policy_kind(kind, tmp_path):
 def test_cli_evaluate_json_and_plot(tmp_path, capsys):
     ckpt = make_behaviour(tmp_path / "b")
     out, plot = tmp_path / "e.json", tmp_path / "r.png"
-    assert main(["evaluate", str(ckpt), "--episodes", "2", "--max-steps", "4", "--out", str(out),
-                 "--plot", str(plot), "--no-progress"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["evaluate", str(ckpt), "--episodes", "2", "--max-steps", "4", "--out", str(out),
+                     "--plot", str(plot), "--no-progress", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     data = json.loads(out.read_text())
     assert data["kind"] == "behaviour" and len(data["episodes"]) == 2
+    assert data["config"]["torch_threads"] == 1  # recorded with the latency it explains
     assert plot.stat().st_size > 1000 and "score" in capsys.readouterr().out
 
 

@@ -15,6 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="evaluation seeds")
     p.add_argument("--max-steps", type=int, help="cut each episode after this many steps (short runs)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core: two evaluations "
+                   "side by side on a 2-core machine want 1 each)")
     p.add_argument("--option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="option for the policy's from_checkpoint (e.g. preset=fast, noise=policy); repeatable")
     p.add_argument("--target-return", type=float, help="DT return-to-go target (passed to reset)")
@@ -28,8 +30,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import torch
+
     from ros_seqplanner.sim.evaluate import evaluate_checkpoint, plot_returns
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"error: --threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     options = dict(args.option)
     reset_options = {"target_return": args.target_return} if args.target_return is not None else {}
     results = []
@@ -39,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
                                   reset_options=reset_options, video=args.video if i == 0 else None,
                                   progress=not args.no_progress)
         results.append(res.to_json())
+        results[-1]["config"]["torch_threads"] = torch.get_num_threads()
         s = res.summary
         line = (f"{res.kind} {Path(ckpt).name} on {res.env_id}: return {s['return_mean']:.1f} ± {s['return_std']:.1f}"
                 f" over {s['num_episodes']} episodes")
