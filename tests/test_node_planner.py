@@ -80,6 +80,20 @@ def test_lifecycle_transitions(graph):
     assert planner.trigger_configure() == OK, "configure must work again after cleanup"
 
 
+def test_torch_threads_are_set_on_configure(graph):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        keep = graph.spin(make_planner(graph.context, LinearPolicy(), torch_threads=0))
+        assert keep.trigger_configure() == OK and torch.get_num_threads() == 2  # 0 leaves torch's setting alone
+        one = graph.spin(make_planner(graph.context, LinearPolicy()))  # the default: one thread
+        assert one.trigger_configure() == OK and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_configure_failures(graph, tmp_path):
     empty = graph.spin(make_planner(graph.context, LinearPolicy(), checkpoint=""))
     assert empty.trigger_configure() == TransitionCallbackReturn.FAILURE

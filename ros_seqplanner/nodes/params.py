@@ -27,6 +27,9 @@ PLANNER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("planner", "tt", "expected checkpoint kind; on_configure fails if the checkpoint is another kind "
               "('auto' accepts any)", choices=("tt", "dt", "bc", "auto")),
     ParamSpec("device", "cpu", "torch device for the model: cpu, cuda, cuda:N"),
+    ParamSpec("torch_threads", 1, "torch CPU threads, process-wide, set in on_configure (0 = torch's default, one "
+              "per core). The C planner uses one; more torch threads spin between plans and slow a sim or a second "
+              "planner on the other cores", range=(0, 1024)),
     ParamSpec("env", "halfcheetah", "scenario / env family: picks the observation layout and joint names"),
     # planner settings (0 / '' = the checkpoint's or preset's default)
     ParamSpec("preset", "", "TT planner preset name ('' = default)"),

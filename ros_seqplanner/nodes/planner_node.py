@@ -307,6 +307,10 @@ class PlannerNode(LifecycleNode):
             raise ValueError(f"checkpoint {ckpt!r} is a {kind!r} model but planner={planner!r}")
         options = {k: self.p(k) for k in ("preset", "horizon", "beam_width", "n_expand", "plan_freq", "mode")
                    if self.p(k) not in ("", 0)}
+        if self.p("torch_threads"):
+            import torch
+
+            torch.set_num_threads(int(self.p("torch_threads")))
         self.policy = self._policy_factory(ckpt, self.p("device"), **options)
         self._layout = self._make_layout()
         if self._layout.dim != self.policy.obs_dim and self.p("state_type") == "joint_state":
