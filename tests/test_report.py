@@ -69,8 +69,8 @@ def test_pooled_runs_make_one_row_and_keep_their_latencies(tmp_path):
     flat = np.array([4300.0, 5100.0, 4800.0, 4900.0])
     assert cells[2] == f"{flat.mean():.1f} ± {flat.std():.1f}" and cells[5].startswith("1 x 4") and cells[8] == "step 7"
     lat = [line for line in text[text.index("## Per-step"):].splitlines() if line.startswith("| Trajectory")]
-    assert [line.split("|")[4].strip() for line in lat] == ["250.00", "300.00"]
-    assert [line.split("|")[8].strip() for line in lat] == ["`tt.json` (seeds 0, 1)", "`tt.json` (seeds 3, 4)"]
+    assert [line.split("|")[5].strip() for line in lat] == ["250.00", "300.00"]
+    assert [line.split("|")[9].strip() for line in lat] == ["`tt.json` (seeds 0, 1)", "`tt.json` (seeds 3, 4)"]
     assert "`tt.json`: two runs" in text
     b["episodes"][0]["seed"] = 0  # a seed evaluated twice would be double-counted
     _write(tmp_path, "tt.json", {"pool": True, "results": [a, b]})
@@ -112,12 +112,13 @@ def test_tables_per_dataset_ordering_targets_and_latency(tmp_path):
     assert "one truncated episode" in section
     assert _table_row(section, "| behaviour policy (SAC) [noise=policy]")[2] == "4500.0 ± 0.0"
     lat = text[text.index("## Per-step action latency"):]
-    assert _table_row(lat, "| Trajectory Transformer")[2:5] == ["cpu", "700.00", "1400.00"]
+    assert _table_row(lat, "| Trajectory Transformer")[2:6] == ["cpu", "default", "700.00", "1400.00"]
     gpu = _result("tt", [[300.0]], p50=20.0, dataset="halfcheetah-random-v5")
     gpu["config"]["device"] = "cuda"
+    gpu["config"]["torch_threads"] = 1  # recorded by evaluate since session 8
     _write(tmp_path, "tt_gpu.json", gpu)
     lat = render_report(*load_results(tmp_path)).split("## Per-step action latency")[1]
-    assert _table_row(lat, "| Trajectory Transformer | halfcheetah-random-v5")[2:4] == ["cuda", "20.00"]
+    assert _table_row(lat, "| Trajectory Transformer | halfcheetah-random-v5")[2:5] == ["cuda", "1", "20.00"]
 
 
 def test_dataset_falls_back_to_checkpoint_meta_then_env(tmp_path):

@@ -142,6 +142,8 @@ def parse_eval_result(result: dict[str, Any], source: str) -> EvalRow:
         target = meta["target_returns"][0]  # the DT policy's default target
     summary = result.get("summary") or {}
     act = {k: float(summary[k]) for k in ("act_ms_p50", "act_ms_p99", "act_ms_mean") if k in summary}
+    if act and config.get("torch_threads") is not None:
+        act["torch_threads"] = float(config["torch_threads"])
     return EvalRow(source=source, dataset=_dataset_label(result, meta, env_id), kind=kind, checkpoint=checkpoint,
                    env_id=env_id, returns=rets, scores=scores, seeds=sorted(set(seeds_ep.tolist())),
                    seed_of_episode=seeds_ep, lengths=lengths, max_steps=config.get("max_steps"),
@@ -242,10 +244,11 @@ def latency_lines(rows: list[EvalRow]) -> list[str]:
                                                if "act_ms_p50" in r.act_ms else []))]
     if not have:
         return []
-    lines = ["| model | dataset | device | act p50 (ms) | act p99 (ms) | act mean (ms) | steps measured | run |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | dataset | device | torch threads | act p50 (ms) | act p99 (ms) | act mean (ms) "
+             "| steps measured | run |", "|---|---|---|---|---|---|---|---|---|"]
     for r, a, n, seeds in have:
-        lines.append(f"| {r.name} | {r.dataset} | {r.device} | {a['act_ms_p50']:.2f} | "
+        threads = f"{a['torch_threads']:.0f}" if "torch_threads" in a else "default"
+        lines.append(f"| {r.name} | {r.dataset} | {r.device} | {threads} | {a['act_ms_p50']:.2f} | "
                      f"{a.get('act_ms_p99', float('nan')):.2f} | {a.get('act_ms_mean', float('nan')):.2f} | {n} | "
                      f"`{r.source}` (seeds {', '.join(map(str, seeds))}) |")
     return lines
@@ -351,7 +354,9 @@ def render_report(rows: list[EvalRow], sections: list[dict[str, Any]], title: st
                 "Measured inside `seqplanner evaluate` (wall time of `policy.act`), on the machine that ran it. "
                 "A TT policy plans every `plan_freq` steps (presets: 5 for hopper-medium, 1 for the others) "
                 "and replays its plan in between, so with plan_freq > 1 p50 is a replayed step "
-                "and p99 a planning step.",
+                "and p99 a planning step. Torch threads: as recorded by `evaluate` (one by default since "
+                "session 8); \"default\" (older runs) is torch's, one per core, which slows two evaluations "
+                "side by side on a 2-core machine ~2.5x at p50 and ~22x at p99 (BENCHMARKS.md).",
                 "", *lat, ""]
     for h in sorted(horizons, key=lambda h: str(h.get("env_id", ""))):
         env = f" ({h['env_id']})" if h.get("env_id") else ""
