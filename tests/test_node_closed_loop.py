@@ -180,6 +180,15 @@ def test_demo_runs_bridge_process_and_reports(checkpoints, tmp_path, capsys):
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists(), "the bridge must run in its own scratch directory"
 
 
+def test_demo_passes_its_thread_count_to_the_node():
+    from ros_seqplanner.cli import build_parser, demo
+
+    for threads in (1, 2):
+        args = build_parser().parse_args(["demo", "--threads", str(threads)])
+        values = {p.name: p.value for p in demo.planner_overrides(args, "models/x")}
+        assert values["torch_threads"] == threads  # the node sets it in on_configure
+
+
 def test_demo_without_checkpoint_explains(monkeypatch, tmp_path):
     from ros_seqplanner.cli import demo
 

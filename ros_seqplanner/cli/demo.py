@@ -97,7 +97,8 @@ def planner_overrides(args: argparse.Namespace, checkpoint: str) -> list[Any]:
               "publish_on": "tick" if realtime else "new_state", "control_rate_hz": 1.0 / period,
               "deadline_ms": float(deadline), "fallback": args.fallback, "stale_timeout_s": 30.0,
               "reward_wait_ms": 50.0, "preset": args.preset, "horizon": args.horizon, "beam_width": args.beam_width,
-              "n_expand": args.n_expand, "plan_freq": args.plan_freq, "target_return": float(args.target_return)}
+              "n_expand": args.n_expand, "plan_freq": args.plan_freq, "target_return": float(args.target_return),
+              "torch_threads": args.threads}
     return [Parameter(k, value=v) for k, v in values.items()]
 
 
