@@ -92,6 +92,7 @@ def test_cli_evaluate_json_and_plot(tmp_path, capsys):
     assert data["kind"] == "behaviour" and len(data["episodes"]) == 2
     assert data["config"]["torch_threads"] == 1  # recorded with the latency it explains
     assert plot.stat().st_size > 1000 and "score" in capsys.readouterr().out
+    assert main(["evaluate", str(ckpt), "--threads", "-1"]) == 2 and "--threads must be >= 0" in capsys.readouterr().err
 
 
 def test_factory_and_video_errors(tmp_path):

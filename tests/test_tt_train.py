@@ -121,6 +121,11 @@ def test_init_from_fine_tunes_a_checkpoint_without_its_training_state(trained, t
     fresh = load_tt(train_tt(ds, still, tmp_path / "fresh"))[0]
     assert any(not torch.allclose(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
     assert _eval_loss(model, ds, disc, cfg) < _eval_loss(fresh, ds, disc, cfg) - 0.5
+    # a fine-tuning run stopped and resumed keeps its origin
+    two = {**TINY, "lr": 1e-3, "dropout": 0.0, "max_steps": 2}
+    part = train_tt(ds, TTTrainConfig(**two, stop_at_step=1), tmp_path / "part", init_from=shipped)
+    rest = train_tt(ds, TTTrainConfig(**two), tmp_path / "rest", resume=part)
+    assert load_tt(rest)[2]["init_from"]["checkpoint"] == str(shipped)
     with pytest.raises(CheckpointError, match=r"cannot fine-tune from .*differs"):
         train_tt(ds, TTTrainConfig(**{**TINY, "n_embd": 64}, max_steps=2), tmp_path / "x", init_from=shipped)
     with pytest.raises(ValueError, match="exclusive"):

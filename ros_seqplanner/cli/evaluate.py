@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ros_seqplanner.cli._common import key_value
 
@@ -37,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from ros_seqplanner.sim.evaluate import evaluate_checkpoint, plot_returns
 
     if args.threads < 0:
-        raise SystemExit(f"error: --threads must be >= 0, got {args.threads}")
+        print(f"error: --threads must be >= 0, got {args.threads}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     options = dict(args.option)

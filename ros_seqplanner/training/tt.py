@@ -236,7 +236,7 @@ def train_tt(dataset: EpisodeDataset, config: TTTrainConfig, out: str | Path, *,
     discretizer, a fresh optimizer, step 0 and this config's schedule. Exclusive with ``resume``.
     ``planner``: PlannerConfig fields the checkpoint ships as its ``"planner"`` settings (what
     ``TTPolicy.from_checkpoint`` plans with unless the caller overrides them), e.g. ``{"horizon": 5}`` for a
-    block too short for the dataset's preset horizon. Default: the resumed checkpoint's, else none.
+    block too short for the dataset's preset horizon. Default: the resumed or fine-tuned checkpoint's, else none.
     """
     if resume is not None and init_from is not None:
         raise ValueError("resume and init_from are exclusive: resume continues a run, init_from starts a new one")
