@@ -46,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--histogram", default="seqplanner_demo_latency.png", help="latency histogram PNG path")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the planner node's torch_threads; "
+                   "0 = torch's default)")
 
 
 def repo_models_dir() -> Path:
@@ -121,7 +122,8 @@ def save_histogram(samples: list[float], path: str, title: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ros_seqplanner.rosenv import apply_safe_ros_env
 
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if args.threads > 0:
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     checkpoint, message = resolve_checkpoint(args.env, args.checkpoint)
     if message:
         print(message, file=sys.stderr)
@@ -130,7 +132,6 @@ def run(args: argparse.Namespace) -> int:
     ros = apply_safe_ros_env()
     import numpy as np
     import rclpy
-    import torch
     from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.node import Node
@@ -139,7 +140,6 @@ def run(args: argparse.Namespace) -> int:
     from ros_seqplanner.data.scores import SCORE_LABEL, normalized_score
     from ros_seqplanner.nodes.planner_node import EVENT_QOS, GIL_SWITCH_INTERVAL_S, PlannerNode
 
-    torch.set_num_threads(args.threads)
     print(f"demo: {args.env} {args.mode}, {args.steps} steps, checkpoint {checkpoint} on {args.device} "
           f"(ROS_DOMAIN_ID={ros['ROS_DOMAIN_ID']}, discovery {ros['ROS_AUTOMATIC_DISCOVERY_RANGE']})")
     workdir = Path(tempfile.mkdtemp(prefix="seqplanner_demo_"))
