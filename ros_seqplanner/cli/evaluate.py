@@ -18,8 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default, one per core). "
                    "The C planner uses one; extra torch threads spin between plans and slow whatever runs on the "
-                   "other cores (two side-by-side walker TT evaluations: act p50 ~1.1 s and p99 ~12 s with torch's "
-                   "default, ~0.47 / 0.53 s with 1)")
+                   "other cores, e.g. a second evaluation (figures in BENCHMARKS.md)")
     p.add_argument("--option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="option for the policy's from_checkpoint (e.g. preset=fast, noise=policy); repeatable")
     p.add_argument("--target-return", type=float, help="DT return-to-go target (passed to reset)")
