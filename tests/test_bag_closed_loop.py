@@ -184,6 +184,25 @@ class Harness:
         self.node.destroy_node()
 
 
+def _log_node_timing(node: Any) -> list[tuple[str, float]]:
+    """Record, on the node's clock (perf_counter), each accepted state's arrival time as the watchdog sees
+    it and each command's publish time with its reason ("plan", "stale", ...)."""
+    log: list[tuple[str, float]] = []
+    store, publish = node._store_state, node._publish
+
+    def store_state(obs, reason, t):
+        if obs is not None:
+            log.append(("state", t))
+        store(obs, reason, t)
+
+    def publish_command(command, why):
+        log.append((why, time.perf_counter()))
+        publish(command, why)
+
+    node._store_state, node._publish = store_state, publish_command
+    return log
+
+
 def _rewrite(src: Path, dst: Path, edit) -> Path:
     """Copy the replayed topics of ``src`` into a new bag through ``edit(raw, msg, typestore)`` ->
     (timestamp_ns, bytes), or None to drop the message."""
@@ -312,8 +331,11 @@ def test_replay_into_planner_reproduces_the_recorded_commands(recorded, checkpoi
     np.testing.assert_array_equal(replayed[:recorded_cmds.shape[0]], recorded_cmds)
 
 
-# Wall-clock timing against a 1 s watchdog: a scheduling hiccup on a loaded 2-core machine can add
-# a pause of its own, so this test may run up to 3 times; a real regression fails every run.
+# Timing is judged on the node's own clock (see _log_node_timing): on a loaded 2-core machine, DDS
+# delivery inside one process was seen to hold a state or a command back for 0.2-1.0 s now and then
+# (every thread idle, nobody holding the GIL), which the bag's timing cannot account for. The
+# watchdog must follow what the node saw, so each stale command is checked against the node's
+# arrivals; the rerun remains for a pause long enough to break the replay itself.
 @pytest.mark.flaky(reruns=2)
 def test_gap_in_the_bag_trips_the_stale_state_watchdog(recorded, checkpoints, context, tmp_path) -> None:
     src = recorded["dt"]["bag"]
@@ -332,24 +354,34 @@ def test_gap_in_the_bag_trips_the_stale_state_watchdog(recorded, checkpoints, co
         return t + (gap_ns if t >= t10 else 0), raw.data
 
     bag = _rewrite(src, tmp_path / "gap", edit)
-    # The watchdog timeout keeps a margin over scheduling pauses of a loaded 2-core machine (seen up to
-    # a few hundred ms between replayed states, and once past 0.6 s on a cold start early in a CI run)
-    # while staying well inside the inserted 3 s gap.
-    h = Harness(context, load(checkpoints["dt"], "dt"), stale_timeout_s=1.0, control_rate_hz=50.0)
+    stale_s = 1.0  # well inside the inserted 3 s gap
+    h = Harness(context, load(checkpoints["dt"], "dt"), stale_timeout_s=stale_s, control_rate_hz=50.0)
+    node_log = _log_node_timing(h.node)
     try:
         h.replay(bag)
         counters = dict(h.node.counters)
     finally:
         h.close()
-    assert counters.get("stale_commands", 0) >= 1
-    times = np.array([t for t, _ in h.commands])
-    safe = np.array([not np.any(c) for _, c in h.commands])
-    # plan commands for the 10 states before the gap, one safe command ~stale_timeout into the gap,
-    # plan commands again for the rest (and a safe one once the bag has ended and states stop)
-    last_plan = int(np.flatnonzero(~safe)[-1])
-    assert np.flatnonzero(safe[:last_plan]).tolist() == [10]
-    assert (~safe).sum() == _distinct_states(bag)
-    assert 0.95 < times[10] - times[9] < 2.5
+    n_states = _distinct_states(bag)
+    states = np.array([t for kind, t in node_log if kind == "state"])
+    stale = np.array([t for kind, t in node_log if kind == "stale"])
+    assert len(states) == n_states and sum(kind == "plan" for kind, _ in node_log) == n_states
+    assert counters["stale_commands"] == len(stale) >= 1
+    # The inserted gap (between the 10th and 11th state): exactly one safe command, stale_timeout_s after
+    # the 10th state arrived, within a few control ticks (or one scheduling pause).
+    in_gap = stale[(stale > states[9]) & (stale < states[10])]
+    assert len(in_gap) == 1 and stale_s < in_gap[0] - states[9] < stale_s + 1.5
+    # Every stale command, in the gap or not (a delivery pause > stale_timeout_s, or the bag's end), comes
+    # stale_timeout_s after the state before it, and at most once per silence: none while states arrive.
+    before = np.searchsorted(states, stale) - 1
+    assert np.all(before >= 0)
+    assert np.all((stale - states[before] > stale_s) & (stale - states[before] < stale_s + 1.5))
+    assert len(np.unique(before)) == len(before)
+    # What the command topic carried: the node's commands in order, plan commands for every state.
+    safe = [not np.any(c) for _, c in h.commands]
+    published = [kind != "plan" for kind, _ in node_log if kind != "state"]
+    assert sum(not x for x in safe) == n_states
+    assert safe == published[:len(safe)]
 
 
 def test_burst_of_states_does_not_queue_stale_plans(recorded, checkpoints, context, tmp_path) -> None:
