@@ -332,8 +332,8 @@ def test_replay_into_planner_reproduces_the_recorded_commands(recorded, checkpoi
 
 
 # Timing is judged on the node's own clock (see _log_node_timing): on a loaded 2-core machine, DDS
-# delivery inside one process was seen to hold a state or a command back for 0.2-1.0 s now and then
-# (every thread idle, nobody holding the GIL), which the bag's timing cannot account for. The
+# delivery inside one process was seen to hold a state or a command back for 0.2-0.7 s now and then
+# (every thread idle, nobody holding the GIL; BENCHMARKS.md), which the bag's timing cannot account for. The
 # watchdog must follow what the node saw, so each stale command is checked against the node's
 # arrivals; the rerun remains for a pause long enough to break the replay itself.
 @pytest.mark.flaky(reruns=2)
