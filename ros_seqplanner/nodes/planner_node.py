@@ -38,7 +38,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.exceptions import ParameterUninitializedException
+from rclpy.exceptions import InvalidHandle, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -452,12 +452,13 @@ class PlannerNode(LifecycleNode):
         for s in self._subs:
             self.destroy_subscription(s)
         self._timers, self._subs, self._reward_sub = [], [], None
-        for pub in (self._cmd_pub, self._plan_pub):
-            if pub is not None:
-                self.destroy_lifecycle_publisher(pub)
-        if self._diag_pub is not None:
-            self.destroy_publisher(self._diag_pub)
-        self._cmd_pub = self._plan_pub = self._diag_pub = None
+        with self._cmd_lock:  # a command being published on another thread (a tick already running) goes first
+            for pub in (self._cmd_pub, self._plan_pub):
+                if pub is not None:
+                    self.destroy_lifecycle_publisher(pub)
+            if self._diag_pub is not None:
+                self.destroy_publisher(self._diag_pub)
+            self._cmd_pub = self._plan_pub = self._diag_pub = None
 
     def _episode_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {}
@@ -778,11 +779,13 @@ class PlannerNode(LifecycleNode):
                                 values=[KeyValue(key=k, value=v) for k, v in values.items()])
 
     def publish_diagnostics(self) -> None:
-        if self._diag_pub is None:
+        pub = self._diag_pub  # read once: shutdown may clear and destroy it from another thread meanwhile
+        if pub is None:
             return
         arr = DiagnosticArray(status=[self.diagnostics_status()])
         arr.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(arr)
+        with contextlib.suppress(InvalidHandle):  # destroyed during shutdown: this report is dropped
+            pub.publish(arr)
 
     def current_state_label(self) -> str:
         return self._state_machine.current_state[1]
