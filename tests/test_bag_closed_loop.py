@@ -184,19 +184,19 @@ class Harness:
         self.node.destroy_node()
 
 
-def _log_node_timing(node: Any) -> list[tuple[str, float]]:
-    """Record, on the node's clock (perf_counter), each accepted state's arrival time as the watchdog sees
-    it and each command's publish time with its reason ("plan", "stale", ...)."""
-    log: list[tuple[str, float]] = []
+def _log_node_timing(node: Any) -> list[tuple[str, float, Any]]:
+    """Record, on the node's clock (perf_counter), each accepted JointState's arrival time as the watchdog
+    sees it, with its header stamp, and each command's publish time with its reason ("plan", "stale", ...)."""
+    log: list[tuple[str, float, Any]] = []
     store, publish = node._store_state, node._publish
 
     def store_state(obs, reason, t):
         if obs is not None:
-            log.append(("state", t))
+            log.append(("state", t, node._last_stamp[:2]))  # _on_joint_state sets it just before
         store(obs, reason, t)
 
     def publish_command(command, why):
-        log.append((why, time.perf_counter()))
+        log.append((why, time.perf_counter(), None))
         publish(command, why)
 
     node._store_state, node._publish = store_state, publish_command
@@ -335,22 +335,22 @@ def test_replay_into_planner_reproduces_the_recorded_commands(recorded, checkpoi
 # delivery inside one process was seen to hold a state or a command back for 0.2-0.7 s now and then
 # (every thread idle, nobody holding the GIL; BENCHMARKS.md), which the bag's timing cannot account for. The
 # watchdog must follow what the node saw, so each stale command is checked against the node's
-# arrivals; the rerun remains for a pause long enough to break the replay itself.
+# arrivals; the rerun remains for a replay that loses one of the two states around the gap.
 @pytest.mark.flaky(reruns=2)
 def test_gap_in_the_bag_trips_the_stale_state_watchdog(recorded, checkpoints, context, tmp_path) -> None:
     src = recorded["dt"]["bag"]
     tmap = _compressed_times(src, 50_000_000)  # no pause > 50 ms but the one inserted here
     t10 = tmap[_distinct_state_times(src)[10]] - 1_000_000  # the 10th state and its reward (sent just before)
     gap_ns = 3_000_000_000
-    seen: set[tuple[int, int]] = set()
+    seen: dict[tuple[int, int], bool] = {}  # state stamp -> sent after the gap
 
     def edit(raw, msg, ts):
+        t = tmap[raw.timestamp_ns]
         if raw.topic == "/joint_states":
             stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
             if stamp in seen:  # a lockstep heartbeat repeating a state: never answered, so paced replay
                 return None    # would stall on it for pace_timeout_s (> the stale timeout)
-            seen.add(stamp)
-        t = tmap[raw.timestamp_ns]
+            seen[stamp] = t >= t10
         return t + (gap_ns if t >= t10 else 0), raw.data
 
     bag = _rewrite(src, tmp_path / "gap", edit)
@@ -362,25 +362,30 @@ def test_gap_in_the_bag_trips_the_stale_state_watchdog(recorded, checkpoints, co
         counters = dict(h.node.counters)
     finally:
         h.close()
-    n_states = _distinct_states(bag)
-    states = np.array([t for kind, t in node_log if kind == "state"])
-    stale = np.array([t for kind, t in node_log if kind == "stale"])
-    assert len(states) == n_states and sum(kind == "plan" for kind, _ in node_log) == n_states
+    last_before = [stamp for stamp, after in seen.items() if not after][-1]
+    first_after = next(stamp for stamp, after in seen.items() if after)
+    arrived = {stamp: t for kind, t, stamp in node_log if kind == "state"}
+    states = np.sort(list(arrived.values()))
+    stale = np.array([t for kind, t, _ in node_log if kind == "stale"])
+    # Every state that reached the node was answered by a plan (the state topic is best effort: on a loaded
+    # machine one can be lost, which is not what this test is about, unless it is one of the two around the gap).
+    assert sum(kind == "plan" for kind, _, _ in node_log) == len(arrived) >= len(seen) - 2
+    assert last_before in arrived and first_after in arrived, "the replay lost a state next to the gap"
     assert counters["stale_commands"] == len(stale) >= 1
-    # The inserted gap (between the 10th and 11th state): exactly one safe command, stale_timeout_s after
-    # the 10th state arrived, within a few control ticks (or one scheduling pause).
-    in_gap = stale[(stale > states[9]) & (stale < states[10])]
-    assert len(in_gap) == 1 and stale_s < in_gap[0] - states[9] < stale_s + 1.5
+    # The inserted gap: exactly one safe command, stale_timeout_s after the last state before it arrived,
+    # within a few control ticks (or one scheduling pause).
+    in_gap = stale[(stale > arrived[last_before]) & (stale < arrived[first_after])]
+    assert len(in_gap) == 1 and stale_s < in_gap[0] - arrived[last_before] < stale_s + 1.5
     # Every stale command, in the gap or not (a delivery pause > stale_timeout_s, or the bag's end), comes
     # stale_timeout_s after the state before it, and at most once per silence: none while states arrive.
     before = np.searchsorted(states, stale) - 1
     assert np.all(before >= 0)
     assert np.all((stale - states[before] > stale_s) & (stale - states[before] < stale_s + 1.5))
     assert len(np.unique(before)) == len(before)
-    # What the command topic carried: the node's commands in order, plan commands for every state.
+    # What the command topic carried: the node's commands in order, a plan command for every state received.
     safe = [not np.any(c) for _, c in h.commands]
-    published = [kind != "plan" for kind, _ in node_log if kind != "state"]
-    assert sum(not x for x in safe) == n_states
+    published = [kind != "plan" for kind, _, _ in node_log if kind != "state"]
+    assert sum(not x for x in safe) == len(arrived)
     assert safe == published[:len(safe)]
 
 
