@@ -453,7 +453,10 @@ def test_record_episode_cli(checkpoints, tmp_path, capsys) -> None:
 
     out = tmp_path / "cli_episode"
     rc = main(["record", str(out), "--episode", "--checkpoint", checkpoints["dt"], "--planner", "dt",
-               "--steps", "6", "--seed", "2", "--storage", "sqlite3", "-p", "diagnostics_period_s:=0.05"])
+               "--steps", "6", "--seed", "2", "--storage", "sqlite3", "-p", "diagnostics_period_s:=0.05",
+               # as in NODE_PARAMS: with the default 0.5 s, a stop > 0.5 s after the episode (a loaded CI
+               # machine) also records the stale-state safe command
+               "-p", "stale_timeout_s:=5.0"])
     assert rc == 0, capsys.readouterr().out
     with open_bag(out) as b:
         counts = {t: i.message_count for t, i in b.info.topics.items()}
