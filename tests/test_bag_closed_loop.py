@@ -461,7 +461,7 @@ def test_record_episode_cli(checkpoints, tmp_path, capsys) -> None:
     with open_bag(out) as b:
         counts = {t: i.message_count for t, i in b.info.topics.items()}
         assert b.info.storage == "sqlite3" and b.info.custom_data["seed"] == "2"
-    assert counts["/reward"] == 6 and counts[COMMANDS] == 7 and counts["/diagnostics"] >= 1
+    assert counts["/reward"] == 6 and counts[COMMANDS] == 7 and counts["/diagnostics"] >= 3  # both -p applied
     assert "in 6 steps" in capsys.readouterr().out
     assert main(["record", str(tmp_path / "bad"), "--episode", "--checkpoint", str(tmp_path / "none")]) == 1
     assert not (tmp_path / "bad").exists()

@@ -45,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ep.add_argument("--steps", type=int, default=200, help="episode length limit")
     ep.add_argument("--device", default="cpu", help="planner device")
     ep.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
-    ep.add_argument("-p", "--param", nargs="+", default=[], metavar="NAME:=VALUE",
-                    help="planner node parameters, e.g. diagnostics_period_s:=0.1 horizon:=5")
+    ep.add_argument("-p", "--param", nargs="+", action="extend", default=[], metavar="NAME:=VALUE",
+                    help="planner node parameters, e.g. diagnostics_period_s:=0.1 horizon:=5 (repeatable)")
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
