@@ -255,3 +255,71 @@ def test_fall_oversampling_teaches_the_value_before_a_rare_fall(tmp_path, capsys
     assert cli_main(["train", "tt", "--dataset", str(tmp_path / "missing.hdf5"), "--out", str(tmp_path / "c"),
                      "--fall-fraction", "1.5"]) == 2
     assert "fall_fraction must be in [0, 1)" in capsys.readouterr().err
+
+
+def _aliased_start_dataset(n_episodes: int = 16, length: int = 120, seed: int = 0):
+    """Half the episodes 'run' (reward 1 per step after a distinctive first action +0.9), half stay 'stuck'
+    (reward 0). Both start at rest, and a stuck episode stays at rest, so a state at rest is almost always a
+    stuck one: only the first transition of a running episode says otherwise (a replay buffer's shape)."""
+    from ros_seqplanner.data.episodes import Episode, EpisodeDataset
+
+    rng = np.random.default_rng(seed)
+    eps = []
+    for i in range(n_episodes):
+        run = i % 2 == 0
+        obs = rng.normal(0.0, 0.05, (length, 1))
+        if run:
+            obs[1:] += 1.0
+        act = rng.uniform(-1.0, 0.0, (length, 1))
+        if run:
+            act[0] = 0.9
+        rew = np.where(np.arange(length) >= 1, 1.0, 0.0) if run else np.zeros(length)
+        eps.append(Episode(obs, act, rew, truncated=True))
+    return EpisodeDataset(eps, dataset_id="aliased-starts")
+
+
+def test_episode_starts_and_start_sampling():
+    from ros_seqplanner.nets.tokens import fit_discretizer
+    from ros_seqplanner.training.tt import sample_starts
+
+    ds = toy_dataset(n_episodes=5, length=9, seed=3, terminate_fraction=0.4)
+    win = TrajectoryWindows(ds, fit_discretizer(ds, 8), 3)
+    firsts = np.r_[0, np.cumsum([len(ep.actions) for ep in ds])[:-1]]
+    assert win.episode_starts().tolist() == firsts.tolist()
+    falls, heads = np.array([3, 4, 5]), np.array([0, 500])
+    fall_only = sample_starts(1000, 4096, 1, 7, 0, falls, 0.25)
+    # the start pool leaves a fall-only run's batches exactly as they were
+    assert np.array_equal(sample_starts(1000, 4096, 1, 7, 0, falls, 0.25, heads, 0.0), fall_only)
+    both = sample_starts(1000, 4096, 1, 7, 0, falls, 0.25, heads, 0.2)
+    assert np.array_equal(both, sample_starts(1000, 4096, 1, 7, 0, falls, 0.25, heads, 0.2))
+    assert 0.22 < np.isin(both, falls).mean() < 0.28 and 0.17 < np.isin(both, heads).mean() < 0.23
+    only = sample_starts(1000, 4096, 1, 7, 0, None, 0.0, heads, 0.3)
+    assert 0.27 < np.isin(only, heads).mean() < 0.33
+    for kw, msg in (({"start_fraction": 1.0}, "start_fraction must be"),
+                    ({"fall_fraction": 0.5, "start_fraction": 0.5}, "fall_fraction \\+ start_fraction")):
+        with pytest.raises(ValueError, match=msg):
+            TTTrainConfig(**kw)
+
+
+def test_start_oversampling_teaches_the_value_of_the_initial_state(tmp_path, capsys):
+    from ros_seqplanner.training.token_loss import _value_pairs, _windows
+
+    ds = _aliased_start_dataset()
+    errors = {}
+    for f in (0.0, 0.25):
+        cfg = TTTrainConfig(**{**TINY, "max_steps": 200, "dropout": 0.0, "lr": 1e-2, "seed": 1, "start_fraction": f})
+        path = train_tt(ds, cfg, tmp_path / f"s{f}", planner={"horizon": 2})
+        model, disc, meta = load_tt(path)
+        assert meta["train_config"]["start_fraction"] == f
+        data = _windows(model, disc, ds, 0.99, -100.0)
+        runs = data.episode_starts()[::2]  # the running episodes' first windows
+        pv, tv = _value_pairs(model, disc, data, runs, 64)
+        first = slice(0, None, TINY["max_transitions"])  # the value token right after the initial state
+        assert tv[first].min() > 40  # a running episode's initial state is worth ~70
+        errors[f] = float(np.abs(pv[first] - tv[first]).mean())
+    # Sampled uniformly, a state at rest is nearly always a stuck one (value 0), so the initial state of a
+    # running episode is rated low; oversampling the episode starts teaches its value.
+    assert errors[0.25] < 0.4 * errors[0.0], errors
+    assert cli_main(["train", "tt", "--dataset", str(tmp_path / "missing.hdf5"), "--out", str(tmp_path / "c"),
+                     "--start-fraction", "1.5"]) == 2
+    assert "start_fraction must be in [0, 1)" in capsys.readouterr().err

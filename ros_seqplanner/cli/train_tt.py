@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fall-fraction", type=float, default=0.0,
                    help="share of each batch drawn from windows that hold a termination (oversamples rare falls; "
                         "0 = uniform, as the reference)")
+    g.add_argument("--start-fraction", type=float, default=0.0,
+                   help="share of each batch drawn from windows that start at an episode's first transition "
+                        "(teaches the value of the initial state; 0 = uniform, as the reference)")
     g.add_argument("--lr", type=float, default=6e-4)
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--epochs", type=float, default=50.0)
@@ -109,7 +112,8 @@ def _config(args: argparse.Namespace) -> TTTrainConfig:
         max_transitions=args.max_transitions, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
         dropout=args.dropout, attn_dropout=args.attn_dropout,
         action_weight=args.action_weight, goal_conditioned=args.goal_conditioned,
-        batch_size=args.batch_size, fall_fraction=args.fall_fraction, lr=args.lr, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, fall_fraction=args.fall_fraction,
+        start_fraction=args.start_fraction, lr=args.lr, weight_decay=args.weight_decay,
         epochs=args.epochs,
         max_steps=args.steps, warmup_steps=args.warmup_steps, stop_at_step=args.stop_at_step,
         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, amp=not args.no_amp,

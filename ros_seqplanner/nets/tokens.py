@@ -142,6 +142,7 @@ class TrajectoryWindows(Dataset):
         lengths = np.array([len(j) for j in joined])
         ends = np.cumsum(lengths)
         self.episode_end = np.repeat(ends, lengths)  # exclusive end row of each row's episode
+        self._episode_first = ends - lengths  # first row of each episode
         self.terminated = np.repeat(np.array([ep.terminated for ep in dataset]), lengths)
         self.goal_conditioned = goal_conditioned
         if goal_conditioned:
@@ -190,3 +191,8 @@ class TrajectoryWindows(Dataset):
             near_end = self.episode_end - rows <= self.max_transitions
             self._termination_starts = np.flatnonzero(self.terminated & near_end)
         return self._termination_starts
+
+    def episode_starts(self) -> np.ndarray:
+        """Window starts (global rows) at each episode's first transition, i.e. the windows that hold an
+        episode's initial state at block position 0, as a plan at the start of an episode does."""
+        return self._episode_first.copy()

@@ -60,6 +60,11 @@ class TTTrainConfig:
     # the reference, which samples every window uniformly (0.0): for data where falls are rare, so that the
     # value tokens learn what precedes one. It reweights inputs, not targets.
     fall_fraction: float = 0.0
+    # Share of each batch drawn from the windows that start at an episode's first transition; not in the
+    # reference either. In a replay buffer whose early episodes stand still, a state at rest is mostly a
+    # stuck mid-episode state, so without it the model rates the initial state by those (see
+    # models/tt_halfcheetah_medium_replay.md); one window per episode starts there.
+    start_fraction: float = 0.0
     lr: float = 6e-4
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.1
@@ -78,6 +83,11 @@ class TTTrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.fall_fraction < 1.0:
             raise ValueError(f"fall_fraction must be in [0, 1), got {self.fall_fraction}")
+        if not 0.0 <= self.start_fraction < 1.0:
+            raise ValueError(f"start_fraction must be in [0, 1), got {self.start_fraction}")
+        if self.fall_fraction + self.start_fraction >= 1.0:
+            raise ValueError(f"fall_fraction + start_fraction must be < 1, got {self.fall_fraction} + "
+                             f"{self.start_fraction}")
 
     def model_config(self, obs_dim: int, act_dim: int) -> TTConfig:
         return TTConfig(obs_dim=obs_dim, act_dim=act_dim, n_bins=self.n_bins, n_layer=self.n_layer,
@@ -195,15 +205,24 @@ def total_steps(config: TTTrainConfig, n_windows: int, world_size: int = 1) -> i
 
 
 def sample_starts(n: int, batch: int, seed: int, step: int, rank: int, fall_starts: np.ndarray | None = None,
-                  fall_fraction: float = 0.0) -> np.ndarray:
+                  fall_fraction: float = 0.0, episode_starts: np.ndarray | None = None,
+                  start_fraction: float = 0.0) -> np.ndarray:
     """Window starts for one batch, a function of (seed, step, rank) so a resumed run sees the same batches:
     uniform over ``n``, except that each slot is, with probability ``fall_fraction``, redrawn uniformly from
-    ``fall_starts`` (see ``TTTrainConfig.fall_fraction``)."""
+    ``fall_starts``, and with probability ``start_fraction`` from ``episode_starts`` (see
+    ``TTTrainConfig``). Without the start pool the draw is the same as before it existed."""
     rng = np.random.default_rng([seed, step, rank])
     starts = rng.integers(0, n, size=batch)
-    if fall_fraction > 0.0 and fall_starts is not None and len(fall_starts):
-        pick = np.flatnonzero(rng.random(batch) < fall_fraction)
-        starts[pick] = fall_starts[rng.integers(0, len(fall_starts), len(pick))]
+    use_fall = fall_fraction > 0.0 and fall_starts is not None and len(fall_starts) > 0
+    use_start = start_fraction > 0.0 and episode_starts is not None and len(episode_starts) > 0
+    if use_fall or use_start:
+        u = rng.random(batch)
+        if use_fall:
+            pick = np.flatnonzero(u < fall_fraction)
+            starts[pick] = fall_starts[rng.integers(0, len(fall_starts), len(pick))]
+        if use_start:
+            pick = np.flatnonzero((u >= fall_fraction) & (u < fall_fraction + start_fraction))
+            starts[pick] = episode_starts[rng.integers(0, len(episode_starts), len(pick))]
     return starts
 
 
@@ -213,7 +232,8 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, windows: Trajec
     for g in opt.param_groups:
         g["lr"] = lr
     starts = sample_starts(len(windows), config.batch_size, config.seed, step, rank,
-                           windows.termination_starts() if config.fall_fraction > 0 else None, config.fall_fraction)
+                           windows.termination_starts() if config.fall_fraction > 0 else None, config.fall_fraction,
+                           windows.episode_starts() if config.start_fraction > 0 else None, config.start_fraction)
     batch = [t.to(device, non_blocking=True) for t in windows.batch(starts)]
     goal = batch[3] if config.goal_conditioned else None
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
