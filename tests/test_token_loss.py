@@ -51,6 +51,12 @@ def test_a_model_that_predicts_nothing_scores_the_uniform_baseline(goal_conditio
     last = np.concatenate([tr[-4:, vd] for tr, ep in zip(dataset_transitions(ds, 0.99, -100.0), ds) if ep.terminated])
     expect = disc.decode_dims(disc.encode_dims(last[:, None], vd, vd + 1), vd, vd + 1)
     assert vf.fall_target == pytest.approx(float(expect.mean()), rel=1e-6)
+    # the episode-start check: one value token per episode, its target the quantised value of the first transition
+    firsts = np.array([tr[0, vd] for tr in dataset_transitions(ds, 0.99, -100.0)])
+    assert vf.starts == len(ds)
+    assert vf.start_target == pytest.approx(float(disc.decode_dims(disc.encode_dims(firsts[:, None], vd, vd + 1), vd,
+                                                                    vd + 1).mean()), rel=1e-6)
+    assert vf.start_predicted == pytest.approx(vf.fall_predicted, rel=1e-6)  # uniform: the same expectation
     never_falls = toy_dataset(n_episodes=6, length=30, obs_dim=3, act_dim=2, seed=2, terminate_fraction=0.0)
     vf = value_fit(model, disc, never_falls, gamma=0.99, termination_penalty=-100.0, windows=50, batch_size=16)
     assert vf.falls == 0 and vf.fall_profile == () and vf.fall_target is None and vf.fall_predicted is None
@@ -88,6 +94,9 @@ def test_training_lowers_every_group_and_the_cli_reports_it(tmp_path, capsys):
     for g, w in zip(got["fall_profile"], want["fall_profile"], strict=True):
         assert g == pytest.approx(w, rel=1e-6)
     assert f"r {v1.r:.3f}" in printed and "17-20 steps before a termination (2 episodes)" in printed
+    assert got["starts"] == 8 and got["start_error"] == pytest.approx(v1.start_error, rel=1e-6)
+    assert f"first transition of an episode (8 episodes): mean target {v1.start_target:.1f}" in printed
+    assert v1.start_error < 0.6 * v0.start_error, (v0, v1)  # the trained model knows what a start is worth
     save_d4rl_hdf5(toy_dataset(n_episodes=2, length=10, obs_dim=5), tmp_path / "other.hdf5")
     assert cli_main(["token-loss", str(tmp_path / "trained"), "--dataset", str(tmp_path / "other.hdf5")]) == 2
     assert "do not match the model" in capsys.readouterr().err

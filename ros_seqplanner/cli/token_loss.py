@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     for f in values.fall_profile:
         print(f"  {f.first}-{f.last} steps before a termination ({f.episodes} episodes): mean target {f.target:.1f}, "
               f"mean prediction {f.predicted:.1f}")
+    print(f"  first transition of an episode ({values.starts} episodes): mean target {values.start_target:.1f}, "
+          f"mean prediction {values.start_predicted:.1f}, mean |error| {values.start_error:.1f}")
     if floor is not None:
         print(f"  action entropy floor under {args.behaviour} (sampled actions): {floor:.3f}")
     if args.out:

@@ -75,7 +75,9 @@ class ValueFit:
     ``r``: Pearson correlation over the value tokens of random windows (``tokens`` of them; nan when either side
     is constant), ``mean_target`` their mean target. ``fall_profile``: :class:`FallValue` for windows ending 0,
     2 and 4 window lengths before a termination (empty when the data has none), over ``falls`` terminated
-    episodes.
+    episodes. ``start_*``: the value token of each episode's first transition, predicted from the initial state
+    and first action alone (as a plan at the start of an episode sees them), over ``starts`` episodes: mean
+    target, mean prediction and mean absolute error.
     """
 
     r: float
@@ -83,6 +85,10 @@ class ValueFit:
     tokens: int
     falls: int
     fall_profile: tuple[FallValue, ...] = ()
+    starts: int = 0
+    start_target: float | None = None
+    start_predicted: float | None = None
+    start_error: float | None = None
 
     @property
     def fall_target(self) -> float | None:
@@ -186,7 +192,15 @@ def value_fit(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeD
         if len(starts):
             pf, tf = _value_pairs(model, disc, data, starts, batch_size)
             profile.append(FallValue(gap + 1, gap + m, float(tf.mean()), float(pf.mean()), len(starts)))
-    return ValueFit(r=r, mean_target=float(tv.mean()), tokens=len(tv), falls=len(picks), fall_profile=tuple(profile))
+    # One-transition windows at the episode starts: exactly one value token each, predicted from the same
+    # tokens as in any longer window (causal), so the first value token of every episode.
+    heads = TrajectoryWindows(dataset, disc, 1, gamma, termination_penalty,
+                              goal_conditioned=model.cfg.goal_conditioned)
+    first = np.random.default_rng(seed).permutation(heads.episode_starts())[:windows]
+    ps, ts = _value_pairs(model, disc, heads, np.sort(first), batch_size)
+    return ValueFit(r=r, mean_target=float(tv.mean()), tokens=len(tv), falls=len(picks), fall_profile=tuple(profile),
+                    starts=len(ts), start_target=float(ts.mean()), start_predicted=float(ps.mean()),
+                    start_error=float(np.abs(ps - ts).mean()))
 
 
 def _value_pairs(model: TrajectoryTransformer, disc: Discretizer, data: TrajectoryWindows, starts: np.ndarray,
