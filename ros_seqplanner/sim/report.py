@@ -294,11 +294,14 @@ def token_loss_lines(results: list[dict[str, Any]]) -> list[str]:
              "target / prediction, means over the transitions 1-10, 21-30 and 41-50 steps before each termination "
              "(up to 256 episodes; '-' for data without terminations). The planner looks only a few steps ahead, "
              "so the value must drop well before a fall for it to steer away: a prediction that stays near the "
-             "data mean cannot warn it.",
+             "data mean cannot warn it. 'value at a start': target / prediction / mean absolute error of the value "
+             "token of each episode's first transition, predicted from the initial state and first action (what a "
+             "plan at the start of an episode scores by; '-' for results measured before token-loss reported it).",
              "",
              "| checkpoint | step | data | windows | observation | action | action floor | reward | value | uniform | "
-             "value r | value before a fall: target / predicted | note | result file |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "value r | value before a fall: target / predicted | value at a start: target / predicted / error | "
+             "note | result file |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(results, key=lambda r: (str(r.get("checkpoint")), str(r.get("dataset_id")))):
         try:
             ce = [float(r["groups"][g]["cross_entropy"]) for g in ("observation", "action", "reward", "value")]
@@ -318,14 +321,19 @@ def token_loss_lines(results: list[dict[str, Any]]) -> list[str]:
 def _value_fit_cells(r: dict[str, Any]) -> list[str]:
     vf = r.get("value_fit")
     if vf is None:  # written before token-loss measured it
-        return ["-", "-"]
+        return ["-", "-", "-"]
     try:
         parts = [f"{int(f['first'])}-{int(f['last'])}: {float(f['target']):.0f} / {float(f['predicted']):.0f}"
                  for f in vf["fall_profile"]]
         fall = f"{'; '.join(parts)} ({int(vf['falls'])} ep.)" if parts else "-"
-        return [f"{float(vf['r']):.2f}", fall]
+        start = "-"
+        if vf.get("start_target") is not None:  # token-loss results before session 10 lack it
+            start = (f"{float(vf['start_target']):.0f} / {float(vf['start_predicted']):.0f} / "
+                     f"{float(vf['start_error']):.0f} ({int(vf['starts'])} ep.)")
+        return [f"{float(vf['r']):.2f}", fall, start]
     except (KeyError, TypeError, ValueError) as e:
-        raise ReportError(f"{r.get('_source')}: 'value_fit' needs r, falls and fall_profile ({e!r})") from e
+        raise ReportError(f"{r.get('_source')}: 'value_fit' needs r, falls and fall_profile, and start_predicted, "
+                          f"start_error and starts with start_target ({e!r})") from e
 
 
 def render_report(rows: list[EvalRow], sections: list[dict[str, Any]], title: str = "Results",
