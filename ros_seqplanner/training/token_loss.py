@@ -192,12 +192,12 @@ def value_fit(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeD
         if len(starts):
             pf, tf = _value_pairs(model, disc, data, starts, batch_size)
             profile.append(FallValue(gap + 1, gap + m, float(tf.mean()), float(pf.mean()), len(starts)))
-    # One-transition windows at the episode starts: exactly one value token each, predicted from the same
-    # tokens as in any longer window (causal), so the first value token of every episode.
-    heads = TrajectoryWindows(dataset, disc, 1, gamma, termination_penalty,
-                              goal_conditioned=model.cfg.goal_conditioned)
-    first = np.random.default_rng(seed).permutation(heads.episode_starts())[:windows]
-    ps, ts = _value_pairs(model, disc, heads, np.sort(first), batch_size)
+    # The windows that start an episode (up to ``windows`` of them); each real transition of a window has one
+    # value token, so a window's first value token sits after those of the windows before it.
+    heads = np.sort(np.random.default_rng(seed).permutation(data.episode_starts())[:windows])
+    pv_h, tv_h = _value_pairs(model, disc, data, heads, batch_size)
+    first = np.r_[0, np.cumsum(np.minimum(m, data.episode_end[heads] - heads))[:-1]]
+    ps, ts = pv_h[first], tv_h[first]
     return ValueFit(r=r, mean_target=float(tv.mean()), tokens=len(tv), falls=len(picks), fall_profile=tuple(profile),
                     starts=len(ts), start_target=float(ts.mean()), start_predicted=float(ps.mean()),
                     start_error=float(np.abs(ps - ts).mean()))
