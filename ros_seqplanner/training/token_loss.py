@@ -180,7 +180,7 @@ def value_fit(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeD
         raise ValueError(f"{len(tv)} value token(s) in {windows} windows: too few to compare")
     r = float(np.corrcoef(pv, tv)[0, 1]) if pv.std() > 0 and tv.std() > 0 else float("nan")
     ends = np.unique(data.episode_end)  # exclusive end row of every episode, ascending
-    firsts = np.r_[0, ends[:-1]]
+    firsts = data.episode_starts()  # first row of every episode, in the same order as ends
     fell = data.terminated[ends - 1]
     picks = np.random.default_rng(seed).permutation(np.flatnonzero(fell))[:windows]
     m, profile = model.cfg.max_transitions, []
