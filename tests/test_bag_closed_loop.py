@@ -14,6 +14,7 @@ One episode per model kind is recorded with ``record_closed_loop`` (the code beh
 from __future__ import annotations
 
 import importlib.util
+import json
 import threading
 import time
 from pathlib import Path
@@ -461,7 +462,9 @@ def test_record_episode_cli(checkpoints, tmp_path, capsys) -> None:
     with open_bag(out) as b:
         counts = {t: i.message_count for t, i in b.info.topics.items()}
         assert b.info.storage == "sqlite3" and b.info.custom_data["seed"] == "2"
-    assert counts["/reward"] == 6 and counts[COMMANDS] == 7 and counts["/diagnostics"] >= 3  # both -p applied
+        node_params = json.loads(b.info.custom_data["planner_params"])
+    assert node_params["diagnostics_period_s"] == 0.05 and node_params["stale_timeout_s"] == 5.0  # both -p applied
+    assert counts["/reward"] == 6 and counts[COMMANDS] == 7 and counts["/diagnostics"] >= 1
     assert "in 6 steps" in capsys.readouterr().out
     assert main(["record", str(tmp_path / "bad"), "--episode", "--checkpoint", str(tmp_path / "none")]) == 1
     assert not (tmp_path / "bad").exists()

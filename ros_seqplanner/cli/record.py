@@ -15,6 +15,7 @@ Like ``cli/demo.py`` this command starts nodes, so it imports ``ros_seqplanner.n
 from __future__ import annotations
 
 import argparse
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -81,15 +82,17 @@ def record_closed_loop(out: str | Path, *, env: str = "halfcheetah", checkpoint:
     from ros_seqplanner.nodes.planner_node import PlannerNode, autostart
     from ros_seqplanner.nodes.sim_bridge_node import SimBridgeNode
 
-    custom = {"seqplanner": "closed-loop episode", "env": env, "seed": str(seed), "checkpoint": str(checkpoint)}
+    params = {"checkpoint": checkpoint or "injected", "planner": planner, "device": device, "env": env,
+              "publish_on": "new_state", **(planner_params or {})}
+    # the planner node's parameter overrides travel with the bag, so its episode can be reproduced
+    custom = {"seqplanner": "closed-loop episode", "env": env, "seed": str(seed), "checkpoint": str(checkpoint),
+              "planner_params": json.dumps(params, sort_keys=True)}
     writer = BagWriter(out, storage=storage, max_bag_size=max_bag_size, custom_data=custom,  # fails fast
                        background=True)
     own_ctx = context is None
     if own_ctx:
         context = rclpy.Context()
         rclpy.init(context=context)
-    params = {"checkpoint": checkpoint or "injected", "planner": planner, "device": device, "env": env,
-              "publish_on": "new_state", **(planner_params or {})}
     nodes: list[Any] = []
     executor = spin = recorder = None
     ok = False
