@@ -110,11 +110,16 @@ def _offline_return(path: str, options: dict, seed: int, steps: int) -> tuple[fl
     return total, actions
 
 
-@pytest.mark.parametrize("kind", ["dt", "tt"])
+@pytest.mark.parametrize("kind", ["dt", "tt", "tt_bounded"])
 def test_lockstep_closed_loop(graph, checkpoints, kind):
+    bounded = kind == "tt_bounded"
+    kind = "tt" if bounded else kind
     if isinstance(checkpoints[kind], ImportError):
         pytest.skip(f"{kind} training/policy module not importable yet: {checkpoints[kind]}")
-    options = TT_OPTIONS if kind == "tt" else {}
+    options = dict(TT_OPTIONS) if kind == "tt" else {}
+    if bounded:  # a state constraint only the lowest bin of observation 0 meets: most plans leave it
+        lowest = float(load(checkpoints["tt"], "cpu", **options).disc.midpoints_np[0, 0])
+        options.update(horizon=3, obs_bounds=f"0::{lowest}")
     probe = graph.spin(Probe(graph.context))
     events: list[dict] = []
     probe.create_subscription(String, "/episode_events", lambda m: events.append(json.loads(m.data)), 10)
@@ -133,6 +138,11 @@ def test_lockstep_closed_loop(graph, checkpoints, kind):
     cmds = np.array(probe.commands[:N_STEPS])
     assert cmds.shape == (N_STEPS, 6) and np.all(np.isfinite(cmds)) and np.all(np.abs(cmds) <= 1.0)
     assert np.isfinite(planner.plan_latency.percentile(99))
+    if kind == "tt":  # the node's obs_bounds parameter reaches the planner; its diagnostics count the misses
+        assert planner.policy.config.obs_bounds == options.get("obs_bounds")
+        assert (planner.counters["steps_plan_out_of_bounds"] > 0) == bounded
+        diag = {kv.key: kv.value for kv in planner.diagnostics_status().values}
+        assert int(diag.get("steps_plan_out_of_bounds", 0)) == planner.counters["steps_plan_out_of_bounds"]
     if kind == "dt":  # deterministic: over ROS == stepping the same policy directly
         ret, actions = _offline_return(checkpoints[kind], options, seed=3, steps=N_STEPS)
         np.testing.assert_allclose(cmds, np.array(actions), atol=1e-6)
@@ -187,6 +197,8 @@ def test_demo_passes_its_thread_count_to_the_node():
         args = build_parser().parse_args(["demo", "--threads", str(threads)])
         values = {p.name: p.value for p in demo.planner_overrides(args, "models/x")}
         assert values["torch_threads"] == threads  # the node sets it in on_configure
+    args = build_parser().parse_args(["demo", "--obs-bounds", "1:-1:1"])
+    assert {p.name: p.value for p in demo.planner_overrides(args, "models/x")}["obs_bounds"] == "1:-1:1"
 
 
 def test_demo_without_checkpoint_explains(monkeypatch, tmp_path):

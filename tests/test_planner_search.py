@@ -10,7 +10,7 @@ import torch
 from ros_seqplanner.nets.discretizer import Discretizer
 from ros_seqplanner.nets.tt import TrajectoryTransformer, TTConfig
 from ros_seqplanner.planning import ckernel
-from ros_seqplanner.planning.beam import BeamPlanner, PlannerConfig, make_decoder, plan_flops
+from ros_seqplanner.planning.beam import BeamPlanner, PlannerConfig, make_decoder, parse_obs_bounds, plan_flops
 from ros_seqplanner.planning.sampling import expectation, filter_mask, greedy_bins, sample_bins, token_logp
 
 
@@ -20,7 +20,9 @@ def reference_plan(model, disc, cfg: PlannerConfig, prefix: torch.Tensor, genera
                    goal: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """Naive TT beam search: beams are explicit token sequences, ``model(tokens)`` recomputed from scratch
     for every token, no cache. Same semantics and random-number use as BeamPlanner. Returns the best
-    beam's (H, D) bins and its score."""
+    beam's (H, D) bins and its score. ``cfg.obs_bounds``: each predicted observation token whose midpoint
+    leaves its bounds counts a violation; beams rank by (violations, -score, index) (Python sort)."""
+    bounds = parse_obs_bounds(cfg.obs_bounds)
     mc = model.cfg
     o, a, d, n = mc.obs_dim, mc.act_dim, mc.transition_dim, mc.n_bins
     h_steps, w, e = cfg.horizon, cfg.beam_width, cfg.n_expand
@@ -37,8 +39,13 @@ def reference_plan(model, disc, cfg: PlannerConfig, prefix: torch.Tensor, genera
     rewards = torch.zeros(w, h_steps + 1)
     discounts = cfg.discount ** torch.arange(h_steps + 1, dtype=torch.float32)
     score = torch.zeros(w)
+    viol = torch.zeros(w, dtype=torch.long)
+
+    def ranked(score: torch.Tensor, viol: torch.Tensor) -> list[int]:  # exact ties: the lower index first
+        return sorted(range(score.numel()), key=lambda i: (int(viol[i]), -float(score[i]), i))
+
     for t in range(h_steps):
-        seqs, score, rewards = (z.repeat_interleave(e, 0) for z in (seqs, score, rewards))
+        seqs, score, rewards, viol = (z.repeat_interleave(e, 0) for z in (seqs, score, rewards, viol))
         for j in range(a):
             lg = next_logits(seqs)
             c = sample_bins(lg[:, :n], u[t, :, j], cfg.cdf_act, cfg.k_act)
@@ -54,8 +61,8 @@ def reference_plan(model, disc, cfg: PlannerConfig, prefix: torch.Tensor, genera
             seqs = torch.cat([seqs, (c + n * k)[:, None]], 1)
         if not logp_mode:
             score = rewards @ discounts
-        top = torch.topk(score, w).indices.sort().values  # the top W, in candidate order (as BeamPlanner)
-        score = score[top]
+        top = torch.tensor(sorted(ranked(score, viol)[:w]))  # the top W, in candidate order (as BeamPlanner)
+        score, viol = score[top], viol[top]
         seqs, rewards = seqs[top], rewards[top]
         if t < h_steps - 1:
             for j in range(o):
@@ -63,8 +70,12 @@ def reference_plan(model, disc, cfg: PlannerConfig, prefix: torch.Tensor, genera
                 c = greedy_bins(lg)
                 if logp_mode:
                     score = score + token_logp(lg, c)
+                for dim, lo, hi in bounds:
+                    if dim == j:
+                        value = disc.midpoints[j][c]
+                        viol = viol + ((value < lo) | (value > hi)).long()
                 seqs = torch.cat([seqs, (c + n * j)[:, None]], 1)
-    i = int(torch.argmax(score))
+    i = ranked(score, viol)[0]
     best = seqs[i, t0 - o:].reshape(h_steps, d) - n * torch.arange(d)
     return best, float(score[i])
 
@@ -119,6 +130,13 @@ CASES = [
     ("reward", {"embd": 64, "n_expand": 1, "beam_width": 5}, 19, 2),
     ("reward", {"obs": 30, "act": 4}, 20, 1),
     ("reward", {"obs": 30, "act": 4, "embd": 64, "kernel": "torch"}, 20, 1),
+    # state constraints (obs_bounds): violation counts rank the beams before their scores
+    ("reward", {"obs_bounds": "0:-0.4:0.4,2:-0.2:"}, 21, 2),
+    ("reward", {"obs_bounds": "0:-0.4:0.4,2:-0.2:", "kernel": "torch"}, 21, 2),
+    ("reward", {"obs_bounds": "1::0.3", "embd": 64, "horizon": 4, "n_expand": 3}, 22, 1),
+    ("imitation", {"obs_bounds": "0:-0.5:0.5,1:-0.5:0.5"}, 23, 1),
+    ("imitation", {"obs_bounds": "0:-0.5:0.5,1:-0.5:0.5", "kernel": "torch", "static": True}, 23, 1),
+    ("goal", {"obs_bounds": "2:0:"}, 24, 2),
 ]
 
 
@@ -155,6 +173,13 @@ def test_cached_planner_equals_full_recompute(mode, overrides, seed, n_ctx):
         # row 0 observation is the current observation's tokens
         np.testing.assert_array_equal(plan.tokens[0, :mc.obs_dim], (prefix[-mc.obs_dim:] % mc.n_bins).numpy())
         np.testing.assert_allclose(plan.actions, disc.decode(plan.tokens)[:, mc.obs_dim:mc.obs_dim + mc.act_dim])
+        assert plan.violations == count_violations(plan, cfg.obs_bounds)
+
+
+def count_violations(plan, text: str | None) -> int:
+    """Predicted (rows 1..H-1) observation values outside their bounds, from the decoded plan."""
+    return sum(int(((plan.observations[1:, d] < lo) | (plan.observations[1:, d] > hi)).sum())
+               for d, lo, hi in parse_obs_bounds(text))
 
 
 def test_longer_obs_and_wider_beam_match_reference():
@@ -396,7 +421,7 @@ def test_c_decoder_rejects_out_of_range_input():
     args = {"discounts": torch.ones(h + 1), "mids": (torch.zeros(mc.n_bins), torch.zeros(mc.n_bins)), "pos0": pos,
             "beams": 2, "expand": 2, "cdf": 0.6, "topk": None, "logp": False}
     u, lg = torch.rand(h, 4, mc.act_dim), torch.zeros(n1)
-    bins, _ = dec.plan(lg, torch.zeros(mc.obs_dim, dtype=torch.long), u, **args)
+    bins, _, _ = dec.plan(lg, torch.zeros(mc.obs_dim, dtype=torch.long), u, **args)
     assert bins.shape == (h, mc.transition_dim) and int(bins.min()) >= 0 and int(bins.max()) < mc.n_bins
     with pytest.raises(ValueError, match="observation bins"):
         dec.plan(lg, torch.full((mc.obs_dim,), mc.n_bins), u, **args)
@@ -404,3 +429,60 @@ def test_c_decoder_rejects_out_of_range_input():
         dec.plan(lg, torch.zeros(mc.obs_dim, dtype=torch.long), torch.rand(9, 4, mc.act_dim), **args)
     with pytest.raises(ValueError, match="allocate"):
         dec.plan(lg, torch.zeros(mc.obs_dim, dtype=torch.long), u, **{**args, "beams": 3})
+
+
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
+def test_obs_bounds_steer_plans_into_the_bounds(kernel):
+    """Bounded plans leave the bounds less often than unbounded ones from the same seeds, and differ from them;
+    with bounds that nothing violates the plan is the unbounded one (ranking by score alone)."""
+    fewer = differ = 0
+    for seed in range(8):
+        model, disc = make_model(30 + seed, sharpen=2.0)
+        prefix = random_prefix(model.cfg, 2, seed)
+        base = {"horizon": 4, "beam_width": 6, "n_expand": 2, "max_context_transitions": 2}
+        plans = {}
+        for text in (None, "0:-1:1,1:-1:1", "0:-99:99"):
+            planner = BeamPlanner(model, disc, PlannerConfig(**base, obs_bounds=text), kernel=kernel)
+            plans[text] = planner.plan(prefix, torch.Generator().manual_seed(seed))
+        free, bounded, loose = plans[None], plans["0:-1:1,1:-1:1"], plans["0:-99:99"]
+        n_free = count_violations(free, "0:-1:1,1:-1:1")
+        assert bounded.violations == count_violations(bounded, "0:-1:1,1:-1:1") <= n_free
+        fewer += bounded.violations < n_free
+        differ += not np.array_equal(bounded.tokens, free.tokens)
+        np.testing.assert_array_equal(loose.tokens, free.tokens)
+        assert free.violations == loose.violations == 0 and loose.score == free.score
+    assert fewer >= 3 and differ >= 3, (fewer, differ)
+
+
+def test_obs_bounds_parsing_and_errors():
+    assert parse_obs_bounds("1:-1:1, 0:0.9:") == [(1, -1.0, 1.0), (0, 0.9, np.inf)]
+    assert parse_obs_bounds("") == parse_obs_bounds(None) == []
+    assert parse_obs_bounds("2::0.5;3:-1:") == [(2, -np.inf, 0.5), (3, -1.0, np.inf)]
+    for bad, msg in (("1:-1", "DIM:LO:HI"), ("a:0:1", "bad number"), ("1:1:1", "LO < HI"), ("-1:0:1", "DIM >= 0"),
+                     ("1:0:1,1:0:2", "bounded twice"), ("1:nan:1", "LO < HI")):
+        with pytest.raises(ValueError, match=msg):
+            PlannerConfig(obs_bounds=bad)
+    assert PlannerConfig.check_settings({"obs_bounds": "1:-1:1"}, "x") == {"obs_bounds": "1:-1:1"}
+    with pytest.raises(ValueError, match="obs_bounds must be str or null"):
+        PlannerConfig.check_settings({"obs_bounds": 1}, "x")
+    model, disc = make_model(0)  # obs_dim 3; quantile bins of standard normal data
+    with pytest.raises(ValueError, match="dimension 3 out of range"):
+        BeamPlanner(model, disc, PlannerConfig(horizon=3, obs_bounds="3:0:1"))
+    with pytest.raises(ValueError, match="no bin of observation 0 decodes into"):
+        BeamPlanner(model, disc, PlannerConfig(horizon=3, obs_bounds="0:50:60"))
+
+
+def test_exact_score_ties_go_to_the_lower_index():
+    """On this model two children of a beam sample the same action tokens, so their scores tie exactly at the
+    cut of the top W (step 1: four candidates at 0.129444 for three places). torch.topk kept indices 5, 6, 8
+    and the C kernel 4, 5, 6, so the two planners returned different plans (score 0.3036 vs 0.2359); both now
+    keep the lower index, as the reference does."""
+    model, disc = make_model(31, sharpen=2.0)
+    prefix = random_prefix(model.cfg, 2, 1)
+    cfg = PlannerConfig(horizon=4, beam_width=6, n_expand=2, max_context_transitions=2)
+    plans = [BeamPlanner(model, disc, cfg, kernel=k).plan(prefix, torch.Generator().manual_seed(1))
+             for k in ("torch", "auto")]
+    ref, ref_score = reference_plan(model, disc, cfg, prefix, torch.Generator().manual_seed(1))
+    for plan in plans:
+        np.testing.assert_array_equal(plan.tokens, ref.numpy())
+        assert plan.score == pytest.approx(ref_score, abs=1e-6)

@@ -38,6 +38,8 @@ PLANNER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("n_expand", 0, "TT samples per beam per step (0 = preset default)", range=(0, 1024)),
     ParamSpec("plan_freq", 0, "TT replans every N steps (0 = preset default)", range=(0, 1000)),
     ParamSpec("mode", "", "TT search mode ('' = preset default)", choices=("", "reward", "imitation", "goal")),
+    ParamSpec("obs_bounds", "", "TT state constraint 'DIM:LO:HI,...' on predicted observations: plans that stay "
+              "inside win (e.g. '1:-1:1' keeps halfcheetah's body pitch within +-1 rad; '' = none)"),
     ParamSpec("target_return", 0.0, "DT target return at episode start (0 = the checkpoint's default)",
               range=(-1e7, 1e7), read_only=False),
     # timing

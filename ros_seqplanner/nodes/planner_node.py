@@ -305,8 +305,8 @@ class PlannerNode(LifecycleNode):
         kind = checkpoint_kind(ckpt)
         if planner != "auto" and kind is not None and kind != planner:
             raise ValueError(f"checkpoint {ckpt!r} is a {kind!r} model but planner={planner!r}")
-        options = {k: self.p(k) for k in ("preset", "horizon", "beam_width", "n_expand", "plan_freq", "mode")
-                   if self.p(k) not in ("", 0)}
+        keys = ("preset", "horizon", "beam_width", "n_expand", "plan_freq", "mode", "obs_bounds")
+        options = {k: self.p(k) for k in keys if self.p(k) not in ("", 0)}
         if self.p("torch_threads"):
             import torch
 
@@ -655,6 +655,8 @@ class PlannerNode(LifecycleNode):
                     self._publish(self._safety.safe(), "planner_error")
             return
         act_ms = (time.perf_counter() - t0) * 1000.0
+        if getattr(getattr(self.policy, "last_plan", None), "violations", 0):
+            self.counters["steps_plan_out_of_bounds"] += 1  # TT obs_bounds: no plan in the beam stayed inside
         self.plan_latency.add(act_ms)
         self._note_act_time(act_ms)
         self._episode_steps += 1

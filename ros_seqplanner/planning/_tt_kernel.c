@@ -67,7 +67,7 @@ typedef struct {
     sgemm_fn sgemm;
 } ttk_ctx;
 
-int ttk_abi_version(void) { return 10; }
+int ttk_abi_version(void) { return 11; }
 int ttk_has_avx2(void) { return TTK_AVX2; }
 int ttk_ctx_size(void) { return (int)sizeof(ttk_ctx); }
 
@@ -675,6 +675,8 @@ typedef struct {
     const int64_t *first_obs; /* (O,) bins of the current observation */
     int64_t *out_bins;        /* (H, D) the best beam's bins */
     float *out_score;         /* its score */
+    const int64_t *obs_lo, *obs_hi; /* (O,) lowest / highest in-bounds bin per observation dim; NULL: no bounds */
+    int32_t *out_viol;        /* the best beam's count of predicted observation bins out of bounds */
 } ttk_plan_args;
 
 int ttk_plan_args_size(void) { return (int)sizeof(ttk_plan_args); }
@@ -788,14 +790,20 @@ static int64_t sample_row(const float *x, int n, float u, const ttk_plan_args *a
     return cnt < n ? cnt : n - 1;
 }
 
-typedef struct { float s; int i; } scored;
+typedef struct { float s; int i, v; } scored; /* score, candidate index, violations (bounded plans) */
 
-static int by_score_desc(const void *x, const void *y) { /* torch.topk(sorted): descending; ties: lower index */
+static int by_score_desc(const void *x, const void *y) { /* BeamPlanner keep_order: descending; ties: lower index */
     const scored *a = x, *b = y;
     const int na = isnan(a->s), nb = isnan(b->s); /* a NaN score ranks last (a consistent order for qsort) */
     if (na != nb) return na - nb;
     if (!na && a->s != b->s) return a->s < b->s ? 1 : -1;
     return (a->i > b->i) - (a->i < b->i);
+}
+
+static int by_viol_score(const void *x, const void *y) { /* BeamPlanner keep_order: fewest violations first */
+    const scored *a = x, *b = y;
+    if (a->v != b->v) return a->v < b->v ? -1 : 1;
+    return by_score_desc(x, y);
 }
 
 static int by_index(const void *x, const void *y) {
@@ -814,8 +822,10 @@ int ttk_plan(const ttk_ctx *c, const ttk_plan_args *a) {
     int64_t *i64 = malloc(sizeof(int64_t) * ((size_t)B * (ST + 1) + 2 * (size_t)W * H * D + W));
     scored *sel = malloc(sizeof(scored) * B);
     unsigned char *keep = malloc((size_t)n1);
-    if (!lg || !i64 || !sel || !keep) {
-        free(lg); free(i64); free(sel); free(keep);
+    int *vbuf = calloc(2 * (size_t)W, sizeof(int)), *viol = vbuf, *viol2 = vbuf + W; /* violations per beam */
+    const int bounded = a->obs_lo != NULL;
+    if (!lg || !i64 || !sel || !keep || !vbuf) {
+        free(lg); free(i64); free(sel); free(keep); free(vbuf);
         return -1;
     }
     float *lgw = lg + (size_t)B * n1, *p = lgw + (size_t)W * n1, *cs = p + 2 * (size_t)n1, *rhat = cs + B;
@@ -869,12 +879,13 @@ int ttk_plan(const ttk_ctx *c, const ttk_plan_args *a) {
             }
         }
         /* keep the top W, in candidate order (BeamPlanner.plan) */
-        for (int b = 0; b < B; b++) { sel[b].s = cs[b]; sel[b].i = b; }
-        qsort(sel, B, sizeof(scored), by_score_desc);
+        for (int b = 0; b < B; b++) { sel[b].s = cs[b]; sel[b].i = b; sel[b].v = viol[b / E]; }
+        qsort(sel, B, sizeof(scored), by_viol_score); /* violations stay 0 without bounds */
         qsort(sel, W, sizeof(scored), by_index);
         for (int i = 0; i < W; i++) {
             const int b = sel[i].i, par = b / E;
             score[i] = sel[i].s;
+            viol2[i] = viol[par];
             win[i] = b;
             memcpy(bins2 + (size_t)i * H * D, bins + (size_t)par * H * D, sizeof(int64_t) * H * D);
             memcpy(bins2 + ((size_t)i * H + t) * D + O, st + (size_t)b * ST, sizeof(int64_t) * ST);
@@ -882,9 +893,10 @@ int ttk_plan(const ttk_ctx *c, const ttk_plan_args *a) {
         }
         { int64_t *x = bins; bins = bins2; bins2 = x; }
         { float *x = rew; rew = rew2; rew2 = x; }
+        { int *x = viol; viol = viol2; viol2 = x; }
         if (t == H - 1) break;
         if (ttk_merge(c, win, W, hist, A + 1) != 0) { /* the winners' ancestry and step tokens */
-            free(lg); free(i64); free(sel); free(keep);
+            free(lg); free(i64); free(sel); free(keep); free(vbuf);
             return -1;
         }
         hist += A + 1;
@@ -899,12 +911,20 @@ int ttk_plan(const ttk_ctx *c, const ttk_plan_args *a) {
             }
             ttk_step(c, tok, W, 1, pos++, 1, hist++, 0, lgw);
         }
+        if (bounded) /* count the predicted observation's bins out of bounds */
+            for (int w = 0; w < W; w++)
+                for (int k = 0; k < O; k++) {
+                    const int64_t x = bins[((size_t)w * H + t + 1) * D + k];
+                    viol[w] += x < a->obs_lo[k] || x > a->obs_hi[k];
+                }
     }
-    int best = 0; /* torch.argmax: the first maximum */
-    for (int w = 1; w < W; w++) if (score[w] > score[best]) best = w;
+    for (int w = 0; w < W; w++) { sel[w].s = score[w]; sel[w].i = w; sel[w].v = viol[w]; }
+    qsort(sel, W, sizeof(scored), by_viol_score); /* keep_order's first: the first maximum, NaN last */
+    const int best = sel[0].i;
     memcpy(a->out_bins, bins + (size_t)best * H * D, sizeof(int64_t) * H * D);
     *a->out_score = score[best];
-    free(lg); free(i64); free(sel); free(keep);
+    if (a->out_viol) *a->out_viol = viol[best];
+    free(lg); free(i64); free(sel); free(keep); free(vbuf);
     return 0;
 }
 

@@ -36,6 +36,13 @@ Deviations from the official code (each also noted where it happens):
   numbers and change the plan; in candidate order only the set kept matters. Same distribution of plans.
   The returned plan is the best-scoring beam after the last step.
 
+- ``obs_bounds`` (not in the reference; off by default): a state constraint, as in MPC. Each planned (predicted)
+  observation whose decoded value leaves ``[lo, hi]`` in a bounded dimension counts one violation for its beam;
+  beams are kept and the plan picked by (fewest violations, then score, then lower index), so a plan that
+  stays in bounds beats any that leaves them whenever the beam holds one. The current observation is not
+  counted (no plan can change it). The last planned step has no predicted observation (the loop stops at its
+  value), so H - 1 observations per plan are checked.
+
 Randomness: all uniforms of a plan are drawn up front as one (H, W*E, A) tensor from the given
 generator, so any planner with these semantics (e.g. the full-recompute reference in the tests)
 reproduces the same plan from the same seed.
@@ -61,6 +68,62 @@ from ros_seqplanner.planning.sampling import expectation, greedy_bins, sample_bi
 MODES = ("reward", "imitation", "goal")
 
 
+def parse_obs_bounds(text: str | None) -> list[tuple[int, float, float]]:
+    """``"DIM:LO:HI,DIM:LO:HI"`` -> [(dim, lo, hi)]; LO or HI may be empty (unbounded on that side), e.g.
+    ``"1:-1:1"`` (observation 1 within +-1) or ``"0:0.9:"`` (observation 0 at least 0.9). None / '' -> []."""
+    out: list[tuple[int, float, float]] = []
+    for item in (text or "").replace(";", ",").split(","):
+        if not item.strip():
+            continue
+        parts = item.strip().split(":")
+        if len(parts) != 3:
+            raise ValueError(f"obs_bounds: expected DIM:LO:HI, got {item.strip()!r}")
+        try:
+            dim = int(parts[0])
+            lo = float(parts[1]) if parts[1].strip() else -np.inf
+            hi = float(parts[2]) if parts[2].strip() else np.inf
+        except ValueError as e:
+            raise ValueError(f"obs_bounds: bad number in {item.strip()!r} (expected DIM:LO:HI)") from e
+        if dim < 0 or np.isnan(lo) or np.isnan(hi) or not lo < hi:
+            raise ValueError(f"obs_bounds: need DIM >= 0 and LO < HI, got {item.strip()!r}")
+        if any(d == dim for d, _, _ in out):
+            raise ValueError(f"obs_bounds: dimension {dim} bounded twice")
+        out.append((dim, lo, hi))
+    return out
+
+
+def bound_bins(bounds: list[tuple[int, float, float]], disc: Discretizer, obs_dim: int
+               ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per observation dimension, the lowest and highest bin whose midpoint (the decoded value) lies in its
+    bounds ((O,) int64 each; unbounded dimensions 0 and N-1), or None without bounds."""
+    if not bounds:
+        return None
+    n = disc.n_bins
+    lo_bin, hi_bin = torch.zeros(obs_dim, dtype=torch.long), torch.full((obs_dim,), n - 1, dtype=torch.long)
+    for dim, lo, hi in bounds:
+        if dim >= obs_dim:
+            raise ValueError(f"obs_bounds: dimension {dim} out of range (the model observes {obs_dim})")
+        inside = np.flatnonzero((disc.midpoints_np[dim] >= lo) & (disc.midpoints_np[dim] <= hi))
+        if inside.size == 0:
+            mids = disc.midpoints_np[dim]
+            raise ValueError(f"obs_bounds: no bin of observation {dim} decodes into [{lo}, {hi}] "
+                             f"(its bins decode to {mids.min():.4g} .. {mids.max():.4g})")
+        lo_bin[dim], hi_bin[dim] = int(inside[0]), int(inside[-1])  # midpoints are sorted: a contiguous run
+    return lo_bin, hi_bin
+
+
+def keep_order(score: torch.Tensor, viol: torch.Tensor | None = None) -> torch.Tensor:
+    """Candidates ranked best first by (fewest violations, highest score, lowest index); a NaN score ranks
+    last (among its violation count). Stable sorts, so an exact tie (two children of one beam that sampled
+    the same tokens score the same) goes to the lower index, as in the C kernel; ``torch.topk`` does not
+    promise which tied index it returns (it differed from the C kernel on such ties)."""
+    idx = torch.sort(torch.nan_to_num(score, nan=-torch.inf), descending=True, stable=True).indices
+    idx = idx.index_select(0, torch.sort(score.index_select(0, idx).isnan().to(torch.uint8), stable=True).indices)
+    if viol is not None:
+        idx = idx.index_select(0, torch.sort(viol.index_select(0, idx), stable=True).indices)
+    return idx
+
+
 @dataclass(frozen=True)
 class PlannerConfig:
     """Beam-search settings (defaults = official base config; see :mod:`ros_seqplanner.planning.presets`)."""
@@ -76,6 +139,7 @@ class PlannerConfig:
     max_context_transitions: int = 5
     plan_freq: int = 1
     mode: str = "reward"
+    obs_bounds: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("horizon", "beam_width", "n_expand", "plan_freq"):
@@ -94,6 +158,7 @@ class PlannerConfig:
                              "as in every official preset")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        parse_obs_bounds(self.obs_bounds)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,7 +200,8 @@ class PlannerConfig:
 class Plan:
     """De-tokenised best beam. Row k is transition k of the plan: ``observations[0]`` is the (tokenised)
     current observation, ``observations[k>0]`` predicted; rewards/values are the decoded greedy tokens.
-    ``tokens`` are per-dimension bins (H, D); ``score`` the beam's search score."""
+    ``tokens`` are per-dimension bins (H, D); ``score`` the beam's search score; ``violations`` how many
+    predicted observation values leave ``PlannerConfig.obs_bounds``."""
 
     observations: np.ndarray
     actions: np.ndarray
@@ -143,14 +209,16 @@ class Plan:
     values: np.ndarray
     tokens: np.ndarray
     score: float
+    violations: int = 0
 
 
-def decode_plan(bins: torch.Tensor, score: torch.Tensor | float, disc: Discretizer, obs_dim: int, act_dim: int) -> Plan:
+def decode_plan(bins: torch.Tensor, score: torch.Tensor | float, disc: Discretizer, obs_dim: int, act_dim: int,
+                violations: int = 0) -> Plan:
     """(H, D) bins of one beam -> :class:`Plan` (float32 arrays)."""
     b = bins.detach().cpu().numpy()
     x = disc.decode(b).astype(np.float32)
     o, a = obs_dim, act_dim
-    return Plan(x[:, :o], x[:, o:o + a], x[:, o + a], x[:, o + a + 1], b, float(score))
+    return Plan(x[:, :o], x[:, o:o + a], x[:, o + a], x[:, o + a + 1], b, float(score), int(violations))
 
 
 def make_decoder(model: TrajectoryTransformer, dtype: torch.dtype | None, static: bool, cuda_graphs: bool | None,
@@ -208,6 +276,7 @@ class BeamPlanner:
                                                     config.max_context_transitions)
         mids = discretizer.midpoints.to(self.device)
         self._mid_r, self._mid_v = mids[-2].contiguous(), mids[-1].contiguous()
+        self._bounds = bound_bins(parse_obs_bounds(config.obs_bounds), discretizer, cfg.obs_dim)
         self.last_stats: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -255,9 +324,9 @@ class BeamPlanner:
         first_obs = prefix[-o:] - n * torch.arange(o, device=dev)
         discounts = cfg.discount ** torch.arange(h_steps + 1, device=dev, dtype=torch.float32)
         if isinstance(dec, CBeamDecoder):  # the same loop as below, in C: no Python between tokens
-            best, best_score = dec.plan(pre.last_logits, first_obs, u, discounts, (self._mid_r, self._mid_v),
-                                        prefix.numel(), w, e, cfg.cdf_act, cfg.k_act, logp_mode)
-            plan = decode_plan(best, best_score, self.disc, o, a)
+            best, best_score, n_viol = dec.plan(pre.last_logits, first_obs, u, discounts, (self._mid_r, self._mid_v),
+                                                prefix.numel(), w, e, cfg.cdf_act, cfg.k_act, logp_mode, self._bounds)
+            plan = decode_plan(best, best_score, self.disc, o, a, n_viol)
             self.last_stats = {"plan_ms": (time.perf_counter() - t_start) * 1e3,
                                "context_tokens": float(prefix.numel())}
             return plan
@@ -266,6 +335,8 @@ class BeamPlanner:
         bins[:, 0, :o] = first_obs
         rewards = torch.zeros(w, h_steps + 1, device=dev)
         score = torch.zeros(w, device=dev)
+        viol = None if self._bounds is None else torch.zeros(w, dtype=torch.long, device=dev)
+        lo_bin, hi_bin = (None, None) if self._bounds is None else (x.to(dev) for x in self._bounds)
         logits = pre.last_logits.expand(w, -1)
         pos = prefix.numel()
         hist_len = 0
@@ -298,9 +369,12 @@ class BeamPlanner:
                 cand_rewards[:, t + 1] = expectation(logits, self._mid_v)
                 cand_score = cand_rewards @ discounts
             # ---- keep the top W, in candidate order (see the module docstring)
-            top = torch.topk(cand_score, w).indices.sort().values
+            cand_viol = None if viol is None else viol.index_select(0, expand_idx)
+            top = keep_order(cand_score, cand_viol)[:w].sort().values
             score = cand_score.index_select(0, top)
             parent = expand_idx.index_select(0, top)
+            if viol is not None:
+                viol = cand_viol.index_select(0, top)
             bins = bins.index_select(0, parent)
             bins[:, t, o:] = torch.stack(step_tokens, dim=1).index_select(0, top)
             if not logp_mode:
@@ -322,8 +396,11 @@ class BeamPlanner:
                 pos += 1
                 hist_len += 1
             bins[:, t + 1, :o] = torch.stack(obs_tokens, dim=1)
-        best = int(torch.argmax(score))
-        plan = decode_plan(bins[best], score[best], self.disc, o, a)
+            if viol is not None:
+                nxt = bins[:, t + 1, :o]
+                viol = viol + ((nxt < lo_bin) | (nxt > hi_bin)).sum(1)
+        best = int(keep_order(score, viol)[0])
+        plan = decode_plan(bins[best], score[best], self.disc, o, a, 0 if viol is None else int(viol[best]))
         self.last_stats = {"plan_ms": (time.perf_counter() - t_start) * 1e3, "context_tokens": float(prefix.numel())}
         return plan
 

@@ -35,7 +35,7 @@ from ros_seqplanner.nets.tt import PrefixState, TrajectoryTransformer
 from ros_seqplanner.planning.engine import layer_weights
 
 SOURCE = Path(__file__).with_name("_tt_kernel.c")
-ABI_VERSION = 10
+ABI_VERSION = 11
 CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=gnu11")
 LOAD_ERROR: str | None = None
 _LIB: ctypes.CDLL | None = None
@@ -60,7 +60,8 @@ class _PlanArgs(ctypes.Structure):
 
     _fields_ = [("H", _i), ("W", _i), ("E", _i), ("A", _i), ("O", _i), ("logp", _i), ("use_cdf", _i), ("topk", _i),
                 ("cdf", ctypes.c_float), ("pos0", _i), ("u", _p), ("disc", _p), ("mid_r", _p), ("mid_v", _p),
-                ("logits0", _p), ("first_obs", _p), ("out_bins", _p), ("out_score", _p)]
+                ("logits0", _p), ("first_obs", _p), ("out_bins", _p), ("out_score", _p), ("obs_lo", _p),
+                ("obs_hi", _p), ("out_viol", _p)]
 
 
 def cache_dir() -> Path:
@@ -336,10 +337,12 @@ class CBeamDecoder:
 
     def plan(self, last_logits: torch.Tensor, first_obs: torch.Tensor, u: torch.Tensor, discounts: torch.Tensor,
              mids: tuple[torch.Tensor, torch.Tensor], pos0: int, beams: int, expand: int,
-             cdf: float | None, topk: int | None, logp: bool) -> tuple[torch.Tensor, float]:
+             cdf: float | None, topk: int | None, logp: bool,
+             bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, float, int]:
         """The whole beam search in one call (``ttk_plan``; the same algorithm as ``BeamPlanner.plan``), after
         :meth:`set_prefix` and :meth:`allocate`. ``u`` (H, W*E, A) uniforms, ``discounts`` (H+1,), ``mids`` the
-        reward / value bin midpoints. Returns the best beam's (H, D) bins and its score."""
+        reward / value bin midpoints, ``bounds`` the (O,) lowest / highest in-bounds observation bins (or None).
+        Returns the best beam's (H, D) bins, its score and its count of out-of-bounds predicted bins."""
         cfg = self.cfg
         h, a_dim, o = u.shape[0], cfg.act_dim, cfg.obs_dim
         if self._shape is None or self._shape[:2] != (beams, expand) or self._shape[3] != a_dim + 1:
@@ -356,11 +359,17 @@ class CBeamDecoder:
         ins = [x.detach().to(torch.float32).contiguous() for x in (u, discounts, *mids, last_logits.reshape(-1))]
         if ins[2].numel() != self.N or ins[3].numel() != self.N or ins[4].numel() != self.N + 1:
             raise ValueError("plan: midpoints must have n_bins entries and the logits n_bins + 1")
+        lo_hi = [None, None]
+        if bounds is not None:
+            lo_hi = [x.to(torch.long).contiguous() for x in bounds]
+            if any(x.shape != (o,) for x in lo_hi) or bool((lo_hi[0] > lo_hi[1]).any()):
+                raise ValueError("plan: bounds must be two (O,) bin tensors with lo <= hi")
         out = torch.zeros(h, self.D, dtype=torch.long)
-        score = ctypes.c_float()
+        score, viol = ctypes.c_float(), ctypes.c_int32()
         args = _PlanArgs(h, beams, expand, a_dim, o, int(logp), int(cdf is not None), int(topk or 0),
                          float(cdf or 0.0), pos0, *(x.data_ptr() for x in ins), first_obs.data_ptr(), out.data_ptr(),
-                         ctypes.addressof(score))
+                         ctypes.addressof(score), *(None if x is None else x.data_ptr() for x in lo_hi),
+                         ctypes.addressof(viol))
         if self.lib.ttk_plan(self._ctx_p, ctypes.byref(args)) != 0:
             raise MemoryError("ttk_plan: out of memory")
-        return out, float(score.value)
+        return out, float(score.value), int(viol.value)
