@@ -178,9 +178,11 @@ class Harness:
         return np.array([c for _, c in self.commands if np.any(c != 0.0)])
 
     def close(self) -> None:
-        self.node.trigger_shutdown()
+        # stop spinning before the node destroys its entities: a callback still in flight on an entity being
+        # destroyed fails with "cannot use Destroyable", printed at exit as an exception never retrieved
         self.executor.shutdown()
         self.thread.join(timeout=5)
+        self.node.trigger_shutdown()
         self.sink.destroy_node()
         self.node.destroy_node()
 

@@ -299,9 +299,9 @@ def run(args: argparse.Namespace) -> int:
             }, indent=2))
         return 0 if lost == 0 else 1
     finally:
+        executor.shutdown(timeout_sec=2.0)  # stop spinning before the planner's shutdown destroys its entities
+        spinner.join(timeout=2.0)
         if planner.current_state_label() in ("active", "inactive"):
             planner.trigger_shutdown()
-        executor.shutdown(timeout_sec=2.0)
-        spinner.join(timeout=2.0)
         planner.destroy_node()
         rclpy.shutdown(context=ctx)

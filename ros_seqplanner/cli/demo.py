@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     end: dict[str, Any] = {}
     done = threading.Event()
     executors, threads, nodes = [], [], []
+    planner = None
     try:
         planner = PlannerNode(context=ctx, parameter_overrides=planner_overrides(args, checkpoint))
         monitor = Node("seqplanner_demo", context=ctx)
@@ -191,7 +192,6 @@ def run(args: argparse.Namespace) -> int:
                 print(f"timed out after {args.timeout:.0f} s", file=sys.stderr)
                 return 1
         wall = time.perf_counter() - t_start
-        planner.trigger_shutdown()
         lat = list(planner.plan_latency.samples)
         result = {
             "env": args.env, "mode": args.mode, "checkpoint": checkpoint, "device": args.device,
@@ -218,10 +218,12 @@ def run(args: argparse.Namespace) -> int:
             Path(args.json).write_text(json.dumps(result, indent=2))
         return 0
     finally:
-        for ex in executors:
+        for ex in executors:  # stop spinning before the planner's shutdown destroys its entities
             ex.shutdown(timeout_sec=2.0)
         for t in threads:
             t.join(timeout=2.0)
+        if planner is not None and planner.current_state_label() in ("active", "inactive"):
+            planner.trigger_shutdown()  # active: publishes one safe command first
         for node in nodes:
             node.destroy_node()
         if ctx.ok():

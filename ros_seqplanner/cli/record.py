@@ -145,14 +145,15 @@ def record_closed_loop(out: str | Path, *, env: str = "halfcheetah", checkpoint:
     finally:
         if recorder is not None:
             recorder.stop()  # the episode ends here: the planner's shutdown command is not part of it
-        if len(nodes) > 1 and nodes[1].current_state_label() in ("active", "inactive"):
-            nodes[1].trigger_shutdown()
-        # Stop spinning before destroying any entity: destroying a subscription while another
-        # thread's executor waits on it raises InvalidHandle in that thread.
+        # Stop spinning before destroying any entity (the planner's shutdown destroys its own): destroying a
+        # subscription while another thread's executor waits on it raises InvalidHandle in that thread, and a
+        # callback in flight fails with "cannot use Destroyable" (printed at exit as never retrieved).
         if executor is not None:
             executor.shutdown()
         if spin is not None and spin.is_alive():
             spin.join(timeout=30.0)
+        if len(nodes) > 1 and nodes[1].current_state_label() in ("active", "inactive"):
+            nodes[1].trigger_shutdown()
         if recorder is not None:
             recorder.close()
         if ok:
