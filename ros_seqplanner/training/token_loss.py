@@ -194,7 +194,7 @@ def value_fit(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeD
             profile.append(FallValue(gap + 1, gap + m, float(tf.mean()), float(pf.mean()), len(starts)))
     # The windows that start an episode (up to ``windows`` of them); each real transition of a window has one
     # value token, so a window's first value token sits after those of the windows before it.
-    heads = np.sort(np.random.default_rng(seed).permutation(data.episode_starts())[:windows])
+    heads = np.sort(np.random.default_rng(seed).permutation(firsts)[:windows])
     pv_h, tv_h = _value_pairs(model, disc, data, heads, batch_size)
     first = np.r_[0, np.cumsum(np.minimum(m, data.episode_end[heads] - heads))[:-1]]
     ps, ts = pv_h[first], tv_h[first]
