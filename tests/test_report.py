@@ -170,7 +170,9 @@ def test_token_loss_results_share_one_table(tmp_path):
                                            {"first": 1, "last": 10, "target": -21.6, "predicted": 25.2},
                                            {"first": 21, "last": 30, "target": 40.4, "predicted": 80.0}],
                                            "starts": 12, "start_target": 180.4, "start_predicted": -19.6,
-                                           "start_error": 203.3}))
+                                           "start_error": 203.3},
+                                       start_groups={"observation": {"cross_entropy": 2.345},
+                                                     "action": {"cross_entropy": 3.456}}))
     _write(tmp_path, "a.json", tl("models/tt_a", "a-medium-v5", [0.5, 2.0, 3.0, 4.0]))
     _write(tmp_path, "ev.json", _result("bc", [[100.0]]))
     rows, sections = load_results(tmp_path)
@@ -181,9 +183,10 @@ def test_token_loss_results_share_one_table(tmp_path):
     lines = [line for line in table.splitlines() if line.startswith("| `")]
     assert [c.strip() for c in lines[0].strip("|").split("|")] == [
         "`tt_a`", "100", "a-heldout", "8", "1.11", "2.00", "1.50", "3.00", "4.00", "4.62", "0.88",
-        "1-10: -22 / 25; 21-30: 40 / 80 (7 ep.)", "180 / -20 / 203 (12 ep.)", "held-out", "`a_held.json`"]
+        "1-10: -22 / 25; 21-30: 40 / 80 (7 ep.)", "180 / -20 / 203 (12 ep.)", "2.35 / 3.46", "held-out",
+        "`a_held.json`"]
     assert lines[1].split("|")[7].strip() == "-"  # no behaviour policy given
-    assert [c.strip() for c in lines[1].split("|")[11:14]] == ["-", "-", "-"]  # an older result without value_fit
+    assert [c.strip() for c in lines[1].split("|")[11:15]] == ["-", "-", "-", "-"]  # an older result without these
     _write(tmp_path, "b.json", tl("models/tt_b", "b-medium-v5", [1.0, 2.0, 3.0, 4.0], value_fit={
         "r": 0.5, "falls": 0, "fall_profile": []}))  # data without terminations
     line_b = [line for line in render_report(*load_results(tmp_path)).splitlines() if line.startswith("| `tt_b`")]
@@ -200,6 +203,9 @@ def test_token_loss_results_share_one_table(tmp_path):
     _write(tmp_path, "c.json", tl("models/tt_c", "c", [1.0, 2.0, 3.0, 4.0], value_fit={
         "r": 0.5, "falls": 0, "fall_profile": [], "start_target": 1.0}))  # a start target without the rest
     with pytest.raises(ReportError, match=r"c\.json: 'value_fit' needs"):
+        render_report(*load_results(tmp_path))
+    _write(tmp_path, "c.json", tl("models/tt_c", "c", [1.0, 2.0, 3.0, 4.0], start_groups={"action": {}}))
+    with pytest.raises(ReportError, match=r"c\.json: 'start_groups' needs"):
         render_report(*load_results(tmp_path))
 
 

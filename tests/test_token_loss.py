@@ -11,12 +11,14 @@ import torch
 
 from ros_seqplanner.cli import main as cli_main
 from ros_seqplanner.data.d4rl_hdf5 import save_d4rl_hdf5
+from ros_seqplanner.data.episodes import Episode, EpisodeDataset
 from ros_seqplanner.nets.discretizer import Discretizer
 from ros_seqplanner.nets.tokens import dataset_transitions, fit_discretizer
 from ros_seqplanner.nets.tt import TrajectoryTransformer, TTConfig, load_tt
 from ros_seqplanner.training.token_loss import (
     GROUPS,
     action_entropy_floor,
+    start_token_losses,
     token_losses,
     uniform_cross_entropy,
     value_fit,
@@ -64,6 +66,31 @@ def test_a_model_that_predicts_nothing_scores_the_uniform_baseline(goal_conditio
         token_losses(model, disc, toy_dataset(obs_dim=4), gamma=0.99, termination_penalty=-100.0)
 
 
+def test_start_windows_score_only_each_episodes_first_steps():
+    ds = toy_dataset(n_episodes=6, length=30, obs_dim=3, act_dim=2, seed=2)
+    disc = fit_discretizer(ds, 12, "quantile", 0.99, -100.0)
+    torch.manual_seed(0)
+    model = TrajectoryTransformer(TTConfig(obs_dim=3, act_dim=2, n_bins=12, n_layer=1, n_head=2, n_embd=16,
+                                           max_transitions=4))
+    # the same episodes with every step after the first 5 shuffled (a window of 4 transitions also predicts the
+    # first observation token of the 5th): the start windows do not see the change (value targets do: they sum
+    # the rewards to come), random windows do
+    rng = np.random.default_rng(0)
+    tails = EpisodeDataset([Episode(np.r_[ep.observations[:5], rng.permutation(ep.observations[5:])],
+                                    np.r_[ep.actions[:5], rng.permutation(ep.actions[5:])], ep.rewards,
+                                    terminated=ep.terminated, truncated=ep.truncated) for ep in ds])
+    kw = dict(gamma=0.99, termination_penalty=-100.0, windows=50, batch_size=16)
+    a, b = start_token_losses(model, disc, ds, **kw), start_token_losses(model, disc, tails, **kw)
+    for g in ("observation", "action", "reward"):
+        assert a[g].cross_entropy == pytest.approx(b[g].cross_entropy, rel=1e-6), g
+    assert a["reward"].tokens == 6 * 4 and a["action"].tokens == 6 * 4 * 2  # every episode, its first 4 steps
+    ra, rb = token_losses(model, disc, ds, **kw), token_losses(model, disc, tails, **kw)
+    assert ra["observation"].cross_entropy != pytest.approx(rb["observation"].cross_entropy, rel=1e-6)
+    assert start_token_losses(model, disc, ds, **{**kw, "windows": 2})["reward"].tokens == 2 * 4  # 2 episodes
+    with pytest.raises(ValueError, match="windows must be >= 1"):
+        start_token_losses(model, disc, ds, **{**kw, "windows": 0})
+
+
 def test_training_lowers_every_group_and_the_cli_reports_it(tmp_path, capsys):
     ds = toy_dataset(n_episodes=8, length=40, seed=1)
     tiny = dict(n_bins=10, max_transitions=4, n_layer=1, n_head=2, n_embd=32, batch_size=32, progress=False,
@@ -88,6 +115,10 @@ def test_training_lowers_every_group_and_the_cli_reports_it(tmp_path, capsys):
     assert res["step"] == 200 and res["uniform_cross_entropy"] == pytest.approx(math.log(11))
     assert res["groups"]["observation"]["cross_entropy"] == pytest.approx(after["observation"], rel=1e-6)
     assert f"{after['action']:.3f}" in printed
+    at_start = start_token_losses(*load_tt(tmp_path / "trained")[:2], ds, gamma=0.99, termination_penalty=-100.0,
+                                  windows=64)
+    assert res["start_groups"]["action"]["cross_entropy"] == pytest.approx(at_start["action"].cross_entropy, rel=1e-6)
+    assert "windows that start an episode (8 episodes, 32 transitions)" in printed
     got, want = res["value_fit"], json.loads(json.dumps(v1.to_dict()))
     assert got["r"] == pytest.approx(want["r"], rel=1e-6) and got["falls"] == want["falls"] == 2
     assert [f["first"] for f in got["fall_profile"]] == [1, 9, 17]  # 0, 2 and 4 windows of 4 before the end

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ros_seqplanner.nets.tt import load_tt
     from ros_seqplanner.training.token_loss import (
         action_entropy_floor,
+        start_token_losses,
         token_losses,
         uniform_cross_entropy,
         value_fit,
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         tokenised = dict(gamma=float(meta["gamma"]), termination_penalty=float(meta["termination_penalty"]),
                          windows=args.windows, seed=args.seed)
         groups = token_losses(model, disc, dataset, **tokenised)
+        at_start = start_token_losses(model, disc, dataset, **tokenised)
         values = value_fit(model, disc, dataset, **tokenised)
         floor = None
         if args.behaviour:
@@ -67,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
     for name, g in groups.items():
         print(f"  {name:<12} cross-entropy {g.cross_entropy:.3f}  top-1 {g.accuracy:.3f}  within 3 bins "
               f"{g.within_near:.3f}  ({g.tokens} tokens)")
+    n_start = at_start["reward"].tokens
+    print(f"  windows that start an episode ({min(args.windows, len(dataset))} episodes, {n_start} transitions):")
+    for name, g in at_start.items():
+        print(f"    {name:<10} cross-entropy {g.cross_entropy:.3f}  top-1 {g.accuracy:.3f}  within 3 bins "
+              f"{g.within_near:.3f}  ({g.tokens} tokens)")
     print(f"  expected value token vs target: r {values.r:.3f} (mean target {values.mean_target:.1f}, "
           f"{values.tokens} tokens)")
     for f in values.fall_profile:
@@ -81,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                "env_id": meta.get("env_id"), "dataset": args.dataset, "dataset_id": dataset.dataset_id,
                "transitions": dataset.num_transitions, "windows": args.windows, "seed": args.seed,
                "uniform_cross_entropy": uniform, "groups": {k: v.to_dict() for k, v in groups.items()},
+               "start_groups": {k: v.to_dict() for k, v in at_start.items()},
                "value_fit": values.to_dict(), "action_floor": floor, "behaviour": args.behaviour,
                "note": args.note}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

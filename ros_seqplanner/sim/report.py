@@ -296,12 +296,15 @@ def token_loss_lines(results: list[dict[str, Any]]) -> list[str]:
              "so the value must drop well before a fall for it to steer away: a prediction that stays near the "
              "data mean cannot warn it. 'value at a start': target / prediction / mean absolute error of the value "
              "token of each episode's first transition, predicted from the initial state and first action (what a "
-             "plan at the start of an episode scores by; '-' for results measured before token-loss reported it).",
+             "plan at the start of an episode scores by; '-' for results measured before token-loss reported it). "
+             "'at a start': observation / action cross-entropy on the windows that start an episode (its first steps, "
+             "which a controller meets after every reset and uniform windows rarely hold; '-' for results "
+             "measured before token-loss reported it).",
              "",
              "| checkpoint | step | data | windows | observation | action | action floor | reward | value | uniform | "
              "value r | value before a fall: target / predicted | value at a start: target / predicted / error | "
-             "note | result file |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "at a start: observation / action | note | result file |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(results, key=lambda r: (str(r.get("checkpoint")), str(r.get("dataset_id")))):
         try:
             ce = [float(r["groups"][g]["cross_entropy"]) for g in ("observation", "action", "reward", "value")]
@@ -313,9 +316,20 @@ def token_loss_lines(results: list[dict[str, Any]]) -> list[str]:
         floor = "-" if r.get("action_floor") is None else f"{float(r['action_floor']):.2f}"
         cells = [f"`{ck}`", str(r.get("step", "?")), str(r.get("dataset_id", "?")), str(r.get("windows", "?")),
                  *(f"{v:.2f}" for v in ce[:2]), floor, *(f"{v:.2f}" for v in ce[2:]), f"{uniform:.2f}",
-                 *_value_fit_cells(r), str(r.get("note", "")), f"`{r['_source']}`"]
+                 *_value_fit_cells(r), _start_cell(r), str(r.get("note", "")), f"`{r['_source']}`"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _start_cell(r: dict[str, Any]) -> str:
+    sg = r.get("start_groups")
+    if sg is None:  # written before token-loss measured it
+        return "-"
+    try:
+        return f"{float(sg['observation']['cross_entropy']):.2f} / {float(sg['action']['cross_entropy']):.2f}"
+    except (KeyError, TypeError, ValueError) as e:
+        raise ReportError(f"{r.get('_source')}: 'start_groups' needs observation and action cross_entropy "
+                          f"({e!r})") from e
 
 
 def _value_fit_cells(r: dict[str, Any]) -> list[str]:

@@ -5,7 +5,9 @@ token group (observation, action, reward, value), unweighted, on windows drawn f
 uniform baseline log(N + 1). It is a cheap check before a closed-loop evaluation: the planner samples its
 candidate actions from the action distribution and scores beams by the reward and value tokens, so a group
 near the uniform baseline predicts a planner that does not work. Stop targets are left out (every group
-would share them); padded positions are masked as in training.
+would share them); padded positions are masked as in training. :func:`start_token_losses` scores the same groups on
+the windows that start an episode: a controller meets those first steps after every reset, but uniformly drawn
+windows hold them rarely, and a model can be near-uniform there while its random-window numbers look fine.
 
 The action group also has a floor: when the data came from one stochastic behaviour policy, no model can
 predict its binned actions better than their conditional entropy given the state,
@@ -148,7 +150,28 @@ def token_losses(model: TrajectoryTransformer, disc: Discretizer, dataset: Episo
     checkpoint's ``disc``, ``gamma`` and ``termination_penalty``). Windows start at uniformly drawn transitions
     (``seed``), as in training."""
     data = _windows(model, disc, dataset, gamma, termination_penalty)
-    starts = _random_starts(data, windows, seed)
+    return _group_losses(model, data, _random_starts(data, windows, seed), batch_size, near)
+
+
+def start_token_losses(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeDataset, *, gamma: float,
+                       termination_penalty: float, windows: int = 256, seed: int = 1, batch_size: int = 64,
+                       near: int = 3) -> dict[str, GroupLoss]:
+    """:func:`token_losses` on the windows that start an episode (up to ``windows`` episodes, drawn with
+    ``seed``): the first ``max_transitions`` steps, which a controller meets at every reset but uniform windows
+    train on rarely (about one window in a few hundred of 1000-step episodes start one)."""
+    data = _windows(model, disc, dataset, gamma, termination_penalty)
+    return _group_losses(model, data, _episode_heads(data.episode_starts(), windows, seed), batch_size, near)
+
+
+def _episode_heads(firsts: np.ndarray, windows: int, seed: int) -> np.ndarray:
+    """Up to ``windows`` of the episode first rows ``firsts``, drawn without replacement (``seed``), ascending."""
+    if windows < 1:
+        raise ValueError(f"windows must be >= 1, got {windows}")
+    return np.sort(np.random.default_rng(seed).permutation(firsts)[:windows])
+
+
+def _group_losses(model: TrajectoryTransformer, data: TrajectoryWindows, starts: np.ndarray, batch_size: int,
+                  near: int) -> dict[str, GroupLoss]:
     ce, hit, close, count = (np.zeros(len(GROUPS)) for _ in range(4))
     slices = group_slices(model.cfg.obs_dim, model.cfg.act_dim)
     for logits, local, dim, real in _teacher_forced(model, data, starts, batch_size):
@@ -194,7 +217,7 @@ def value_fit(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeD
             profile.append(FallValue(gap + 1, gap + m, float(tf.mean()), float(pf.mean()), len(starts)))
     # The windows that start an episode (up to ``windows`` of them); each real transition of a window has one
     # value token, so a window's first value token sits after those of the windows before it.
-    heads = np.sort(np.random.default_rng(seed).permutation(firsts)[:windows])
+    heads = _episode_heads(firsts, windows, seed)
     pv_h, tv_h = _value_pairs(model, disc, data, heads, batch_size)
     first = np.r_[0, np.cumsum(np.minimum(m, data.episode_end[heads] - heads))[:-1]]
     ps, ts = pv_h[first], tv_h[first]
