@@ -76,6 +76,11 @@ def test_evaluate_each_policy_kind(kind, tmp_path):
     again = evaluate_checkpoint(ckpt, episodes=2, seeds=(0, 1), max_steps=5, policy_options=OPTIONS.get(kind),
                                 progress=False)
     assert [e.ret for e in again.episodes] == [e.ret for e in res.episodes]  # seeded, reproducible
+    if kind == "tt":  # the effective planner: hopper-medium preset (beam 128, plan_freq 5) under the options
+        assert {k: res.config["planner"][k] for k in ("beam_width", "horizon", "plan_freq", "n_expand")} == {
+            "beam_width": 2, "horizon": 2, "plan_freq": 5, "n_expand": 2}
+    else:
+        assert "planner" not in res.config
 
 
 def test_cli_evaluate_json_and_plot(tmp_path, capsys):

@@ -82,6 +82,7 @@ def evaluate_checkpoint(checkpoint: str | Path, env: str | None = None, episodes
     from tqdm import tqdm
 
     from ros_seqplanner.data.scores import SCORE_LABEL, normalized_score
+    from ros_seqplanner.planning.beam import PlannerConfig
     from ros_seqplanner.policies.factory import checkpoint_kind, load_policy
 
     kind = checkpoint_kind(checkpoint)
@@ -99,6 +100,8 @@ def evaluate_checkpoint(checkpoint: str | Path, env: str | None = None, episodes
                      config={"episodes_per_seed": episodes, "seeds": list(seeds), "max_steps": max_steps,
                              "device": device, "policy_options": policy_options or {},
                              "reset_options": reset_options or {}, "score_label": SCORE_LABEL})
+    if isinstance(getattr(policy, "config", None), PlannerConfig):  # what a TT planned with, all fields
+        res.config["planner"] = policy.config.to_dict()
     all_lat = []
     frames: list | None = [] if video is not None else None
     bar = tqdm(total=episodes * len(seeds), desc=f"evaluate {kind}", unit="ep", disable=not progress)
