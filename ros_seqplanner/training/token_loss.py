@@ -158,7 +158,7 @@ def start_token_losses(model: TrajectoryTransformer, disc: Discretizer, dataset:
                        near: int = 3) -> dict[str, GroupLoss]:
     """:func:`token_losses` on the windows that start an episode (up to ``windows`` episodes, drawn with
     ``seed``): the first ``max_transitions`` steps, which a controller meets at every reset but uniform windows
-    train on rarely (about one window in a few hundred of 1000-step episodes start one)."""
+    train on rarely (one window in L starts an episode of L steps)."""
     data = _windows(model, disc, dataset, gamma, termination_penalty)
     return _group_losses(model, data, _episode_heads(data.episode_starts(), windows, seed), batch_size, near)
 
