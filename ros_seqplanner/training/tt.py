@@ -116,6 +116,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this process group was created here, so training destroys it when done
 
     @property
     def enabled(self) -> bool:
@@ -140,6 +141,7 @@ def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        info.owns_group = True
     return info, dev
 
 
@@ -328,6 +330,8 @@ def train_tt(dataset: EpisodeDataset, config: TTTrainConfig, out: str | Path, *,
         import torch.distributed as dist
 
         dist.barrier()
+        if dist_info.owns_group:  # a group left to interpreter exit can abort a rank ('terminate called ...')
+            dist.destroy_process_group()
     return path
 
 
