@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         action_entropy_floor,
         start_token_losses,
         token_losses,
+        tokenise_windows,
         uniform_cross_entropy,
         value_fit,
     )
@@ -48,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, disc, meta = load_tt(args.checkpoint, args.device)
         dataset = load_dataset(args.dataset)
-        tokenised = dict(gamma=float(meta["gamma"]), termination_penalty=float(meta["termination_penalty"]),
-                         windows=args.windows, seed=args.seed)
+        gamma, penalty = float(meta["gamma"]), float(meta["termination_penalty"])
+        tokenised = dict(gamma=gamma, termination_penalty=penalty, windows=args.windows, seed=args.seed,
+                         tokens=tokenise_windows(model, disc, dataset, gamma, penalty))  # tokenised once, scored 3 ways
         groups = token_losses(model, disc, dataset, **tokenised)
         at_start = start_token_losses(model, disc, dataset, **tokenised)
         values = value_fit(model, disc, dataset, **tokenised)

@@ -110,9 +110,10 @@ def group_slices(obs_dim: int, act_dim: int) -> dict[str, tuple[int, int]]:
     return {"observation": (0, o), "action": (o, o + a), "reward": (o + a, o + a + 1), "value": (o + a + 1, o + a + 2)}
 
 
-def _windows(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeDataset, gamma: float,
-             termination_penalty: float) -> TrajectoryWindows:
-    """``dataset`` tokenised as in training, with the checkpoint's ``disc``, ``gamma`` and penalty."""
+def tokenise_windows(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeDataset, gamma: float,
+                     termination_penalty: float) -> TrajectoryWindows:
+    """``dataset`` tokenised as in training, with the checkpoint's ``disc``, ``gamma`` and penalty. Build it once
+    and pass it as ``tokens`` to the checks below to score one dataset several ways without re-tokenising."""
     cfg = model.cfg
     if (cfg.obs_dim, cfg.act_dim) != (dataset.obs_dim, dataset.act_dim):
         raise ValueError(f"dataset dims ({dataset.obs_dim}, {dataset.act_dim}) do not match the model "
@@ -145,21 +146,21 @@ def _teacher_forced(model: TrajectoryTransformer, data: TrajectoryWindows, start
 
 def token_losses(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeDataset, *, gamma: float,
                  termination_penalty: float, windows: int = 256, seed: int = 1, batch_size: int = 64,
-                 near: int = 3) -> dict[str, GroupLoss]:
+                 near: int = 3, tokens: TrajectoryWindows | None = None) -> dict[str, GroupLoss]:
     """Per-group cross-entropy of ``model`` on ``windows`` random windows of ``dataset`` (tokenised with the
     checkpoint's ``disc``, ``gamma`` and ``termination_penalty``). Windows start at uniformly drawn transitions
     (``seed``), as in training."""
-    data = _windows(model, disc, dataset, gamma, termination_penalty)
+    data = tokens if tokens is not None else tokenise_windows(model, disc, dataset, gamma, termination_penalty)
     return _group_losses(model, data, _random_starts(data, windows, seed), batch_size, near)
 
 
 def start_token_losses(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeDataset, *, gamma: float,
                        termination_penalty: float, windows: int = 256, seed: int = 1, batch_size: int = 64,
-                       near: int = 3) -> dict[str, GroupLoss]:
+                       near: int = 3, tokens: TrajectoryWindows | None = None) -> dict[str, GroupLoss]:
     """:func:`token_losses` on the windows that start an episode (up to ``windows`` episodes, drawn with
     ``seed``): the first ``max_transitions`` steps, which a controller meets at every reset but uniform windows
     train on rarely (one window in L starts an episode of L steps)."""
-    data = _windows(model, disc, dataset, gamma, termination_penalty)
+    data = tokens if tokens is not None else tokenise_windows(model, disc, dataset, gamma, termination_penalty)
     return _group_losses(model, data, _episode_heads(data.episode_starts(), windows, seed), batch_size, near)
 
 
@@ -192,12 +193,13 @@ def _group_losses(model: TrajectoryTransformer, data: TrajectoryWindows, starts:
 
 
 def value_fit(model: TrajectoryTransformer, disc: Discretizer, dataset: EpisodeDataset, *, gamma: float,
-              termination_penalty: float, windows: int = 256, seed: int = 1, batch_size: int = 64) -> ValueFit:
+              termination_penalty: float, windows: int = 256, seed: int = 1, batch_size: int = 64,
+              tokens: TrajectoryWindows | None = None) -> ValueFit:
     """How well the expected value token tracks its target (see :class:`ValueFit`): on the random windows
     :func:`token_losses` scores (same ``seed``), and on windows that end 0, 2 and 4 window lengths before a
     termination (up to ``windows`` terminated episodes, drawn with ``seed``): a planner that looks a few steps
     ahead needs the value to drop well before the fall. Values in value units (bin midpoints)."""
-    data = _windows(model, disc, dataset, gamma, termination_penalty)
+    data = tokens if tokens is not None else tokenise_windows(model, disc, dataset, gamma, termination_penalty)
     pv, tv = _value_pairs(model, disc, data, _random_starts(data, windows, seed), batch_size)
     if len(tv) < 2:
         raise ValueError(f"{len(tv)} value token(s) in {windows} windows: too few to compare")
