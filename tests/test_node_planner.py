@@ -7,6 +7,7 @@ asserts what the node actually published on the command topic.
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -271,3 +272,45 @@ def test_tick_mode_steps_through_the_plan(graph):
     a = policy.expected(obs)
     for k, scale in enumerate([1.0, 0.5, 0.25, 0.25]):  # the plan, then its last action held
         np.testing.assert_allclose(cmds[first + k], a * scale, atol=1e-6)
+
+
+def test_tick_mode_publishes_a_plan_when_ready_then_continues_a_period_later(graph):
+    """A realtime robot must get each plan at once, not at the node's next tick: the two clocks are not in
+    phase, so waiting for the tick delays a command by up to a period (it halved a halfcheetah TT's
+    return in a realtime sim). The plan's next action follows at the first tick with no command since the
+    previous one, so a fresh command is never overwritten within the period it was meant for."""
+    period = 0.25
+    policy = LinearPolicy(horizon=3)
+    planner, probe = _start(graph, policy, publish_on="tick", control_rate_hz=1.0 / period, stale_timeout_s=5.0)
+    obs = _obs(21)
+    a = policy.expected(obs)
+    t_state = time.perf_counter()
+    probe.pub_js.publish(probe.joint_state(obs, stamp=(1, 0)))
+    assert wait_for(lambda: planner.counters["cmd_continue"] >= 1, timeout=3.0)
+    with probe._lock:
+        cmds, times = list(probe.commands), list(probe.command_times)
+    first = next(i for i, c in enumerate(cmds) if np.abs(c).max() > 0)
+    np.testing.assert_allclose(cmds[first], a, atol=1e-6)
+    np.testing.assert_allclose(cmds[first + 1], a * 0.5, atol=1e-6)
+    assert planner.counters["cmd_plan"] == 1 and planner.counters["fresh"] == 0, "published by the planner, not a tick"
+    assert times[first] - t_state < 0.6 * period, "the plan must go out as soon as it is ready"
+    assert times[first + 1] - times[first] > 0.9 * period, "the tick right after a fresh plan must not overwrite it"
+
+
+def test_tick_mode_starts_a_late_plan_at_the_current_period(graph):
+    """A plan that takes 2.5 control periods starts at its action 2: actions 0 and 1 were meant for periods
+    the robot has already lived through (the deadline fallback covered them)."""
+    period = 0.1
+    policy = LinearPolicy(horizon=6, delays={1: 0.25})  # call 0 is the warm-up
+    planner, probe = _start(graph, policy, publish_on="tick", control_rate_hz=1.0 / period, stale_timeout_s=5.0,
+                            deadline_ms=1000.0 * period, fallback="zero")
+    obs = _obs(22)
+    a = policy.expected(obs)
+    probe.pub_js.publish(probe.joint_state(obs, stamp=(1, 0)))
+    assert wait_for(lambda: planner.counters["cmd_plan"] >= 1 and planner.counters["cmd_continue"] >= 1, timeout=3.0)
+    with probe._lock:
+        cmds = list(probe.commands)
+    first = next(i for i, c in enumerate(cmds) if np.abs(c).max() > 0)
+    np.testing.assert_allclose(cmds[first], a * 0.25, atol=1e-6)  # action 2 (LinearPolicy halves per step)
+    np.testing.assert_allclose(cmds[first + 1], a * 0.125, atol=1e-6)
+    assert planner.counters["late_plans"] == 1 and planner.counters["deadline_misses"] == 1

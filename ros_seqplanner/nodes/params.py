@@ -44,9 +44,11 @@ PLANNER_PARAMS: tuple[ParamSpec, ...] = (
               range=(-1e7, 1e7), read_only=False),
     # timing
     ParamSpec("control_rate_hz", 20.0, "command timer rate (HalfCheetah-v5 period is 0.05 s)", range=(0.1, 5000.0)),
-    ParamSpec("publish_on", "tick", "'tick': publish every control period from the current plan (real "
-              "robots, realtime sim); 'new_state': publish once per received state as soon as its plan is "
-              "ready (lockstep sim)", choices=("tick", "new_state")),
+    ParamSpec("publish_on", "tick", "both publish a plan's first action as soon as the plan is ready; 'tick' "
+              "(real robots, realtime sim) also publishes the plan's next action at every control tick that "
+              "had no command since the previous one, and starts a plan ready k periods after its state at its "
+              "action k; 'new_state': exactly one command per received state (lockstep sim)",
+              choices=("tick", "new_state")),
     ParamSpec("stale_timeout_s", 0.5, "no state for this long -> safe command (0 disables)", range=(0.0, 3600.0),
               read_only=False),
     ParamSpec("deadline_ms", 0.0, "plan must be ready this long after its state arrived, else the fallback is "

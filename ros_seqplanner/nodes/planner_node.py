@@ -6,9 +6,12 @@ Data path (see docs / ARCHITECTURE.md)::
         ─► Policy.act() ─► plan swapped in atomically ─► safety filter ─► commands (Float64MultiArray)
 
 Threading: subscription callbacks only validate and store the latest message; planning runs in its own
-thread (woken by an event) so a slow plan never blocks state intake; a command timer at the control
-rate publishes from the current plan (``publish_on: tick``) or, for lockstep simulation, each fresh plan
-is published at once (``publish_on: new_state``) and the timer only handles stale state and deadline
+thread (woken by an event) so a slow plan never blocks state intake. A plan's first action is
+published the moment the plan is ready. With ``publish_on: tick`` (robots, realtime sim) a command
+timer at the control rate also keeps commanding between plans: a tick with no command since the
+previous tick publishes the plan's next action, so a planner slower than the control period is
+followed open loop, and a plan ready k periods after its state skips its first k actions; with
+``new_state`` (lockstep sim: one command per state) the timer only handles stale state and deadline
 misses. With ``new_state`` and a cheap policy (recent plans <= ``inline_plan_max_ms``) the state
 callback plans itself instead of waking the planning thread: the thread hand-off (wake-up + GIL
 hand-over) was most of the node's own latency. ``_plan_lock`` keeps it to one plan at a time.
@@ -102,13 +105,15 @@ def checkpoint_kind(checkpoint: str) -> str | None:
 
 @dataclass
 class Plan:
-    """One planner output: ``actions`` (H, A) starting with the action for state ``seq``; optional
-    predicted ``observations`` (H, O); ``index`` = next action a tick would publish."""
+    """One planner output: ``actions`` (H, A) starting with the action for state ``seq`` (received at
+    ``t_state``, perf_counter), one per control period; optional predicted ``observations`` (H, O);
+    ``index`` = next action a tick would publish."""
 
     actions: np.ndarray
     observations: np.ndarray | None
     seq: int
     index: int = 0
+    t_state: float = 0.0
 
 
 def _plan_from_policy(policy: Any, action: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -268,6 +273,7 @@ class PlannerNode(LifecycleNode):
         self._answered_seq = 0      # last state seq a command was published for
         self._plan: Plan | None = None
         self._fresh = False         # _plan not yet published (tick mode)
+        self._commands_at_tick = 0  # counters["commands"] at the end of the last tick (tick mode)
         self._reward: float | None = None
         self._reward_count = 0
         self._reward_count_at_plan = 0
@@ -643,7 +649,7 @@ class PlannerNode(LifecycleNode):
             action = np.asarray(self.policy.act(obs, reward), dtype=np.float64).reshape(-1)
             if action.size != self._safety.config.act_dim or not np.all(np.isfinite(action)):
                 raise ValueError(f"policy returned an invalid action {action.tolist()}")
-            plan = Plan(*_plan_from_policy(self.policy, action), seq=seq)
+            plan = Plan(*_plan_from_policy(self.policy, action), seq=seq, t_state=t_state)
         except Exception as e:
             self.counters["planner_errors"] += 1
             self.last_error = f"{type(e).__name__}: {e}"
@@ -663,7 +669,12 @@ class PlannerNode(LifecycleNode):
         self.last_error = ""
         with self._cmd_lock:
             self._plan, self._fresh = plan, True  # atomic swap under the publish lock
-            if self.p("publish_on") == "new_state" and self._active and self._answered_seq < seq:
+            # Both modes publish a plan the moment it is ready. (Until session 14 tick mode left it for
+            # the next tick: the two timers are not in phase, so a 38 ms plan in a 50 ms period often
+            # reached a realtime sim one period late and halved a halfcheetah TT's return.)
+            # Tick mode also publishes a plan whose state a deadline fallback already answered: it is
+            # newer than the plan being followed (new_state: one command per state, a late plan is dropped).
+            if self._active and (self._answered_seq < seq or self.p("publish_on") == "tick"):
                 self._publish_fresh(t_state, act_ms + wait_ms)
         self._publish_plan(plan)
 
@@ -671,56 +682,76 @@ class PlannerNode(LifecycleNode):
     def _publish_fresh(self, t_state: float, excluded_ms: float) -> None:
         """Publish the fresh plan's first action (caller holds _cmd_lock). The node's own overhead is
         state received -> command published minus ``excluded_ms`` (planning + waiting for the reward)."""
-        plan = self._plan
-        self._publish(self._safety.filter(plan.actions[0]), "plan")
-        plan.index, self._fresh, self._answered_seq = 1, False, plan.seq
+        self._start_plan(self._plan)
         self.overhead.add((time.perf_counter() - t_state) * 1000.0 - excluded_ms)
 
+    def _start_plan(self, plan: Plan) -> None:
+        """Publish a new plan's first action (caller holds _cmd_lock). In tick mode the plan's actions are
+        for consecutive control periods from its state: a plan ready k >= 1 periods after its state (a
+        planner slower than the control rate) starts at action k, the one for the period the robot is in
+        now, instead of replaying actions the robot's time has already passed."""
+        first = 0
+        if self.p("publish_on") == "tick":
+            late = int((time.perf_counter() - plan.t_state) * self.p("control_rate_hz"))
+            first = min(max(late, 0), len(plan.actions) - 1)
+            if late > 0:
+                self.counters["late_plans"] += 1
+        self._publish(self._safety.filter(plan.actions[first]), "plan")
+        plan.index, self._fresh = first + 1, False
+        self._answered_seq = max(self._answered_seq, plan.seq)
+
     def _on_tick(self) -> None:
-        """Control-rate timer: stale state -> safe; missed deadline -> fallback; else publish from the plan."""
+        """Control-rate timer: stale state -> safe; missed deadline -> fallback; tick mode: a late plan's
+        first action, else -- when no command went out since the last tick -- the plan's next action."""
         with self._cmd_lock:
             if not self._active:
                 return
-            now = time.perf_counter()
-            with self._state_lock:
-                last_t, seq, obs_t = self._last_state_t, self._obs_seq, self._obs_t
-            tick_mode = self.p("publish_on") == "tick"
-            stale_s = self.p("stale_timeout_s")
-            since = last_t if last_t is not None else self._activated_t
-            # new_state mode answers states; before the first one there is nothing to answer, and a
-            # command would step a lockstep sim that is still starting up. Tick mode commands regardless.
-            waiting_for_first = last_t is None and not tick_mode
-            if stale_s > 0 and now - since > stale_s and not waiting_for_first:
-                if tick_mode or not self._stale:
-                    self._publish(self._safety.safe(rate_limited=True), "stale")
-                    self.counters["stale_commands"] += 1
-                self._stale = True
-                return
-            self._stale = False
-            pending = seq > self._answered_seq
-            plan = self._plan
-            if tick_mode and plan is not None and self._fresh:
-                self.counters["fresh"] += 1
-                self._publish(self._safety.filter(plan.actions[0]), "plan")
-                plan.index, self._fresh, self._answered_seq = 1, False, plan.seq
-                return
-            deadline_ms = self.p("deadline_ms")
-            if pending and deadline_ms > 0 and (now - obs_t) * 1000.0 > deadline_ms:
-                self.counters["deadline_misses"] += 1
-                actions = plan.actions if plan is not None else None
-                cmd, how = self._safety.fallback(actions, plan.index if plan is not None else 0)
-                if plan is not None:
-                    plan.index += 1
-                self._answered_seq = seq
-                self._publish(cmd, "fallback_" + how)
-                return
-            if tick_mode:
-                if plan is None:
-                    self._publish(self._safety.safe(rate_limited=True), "no_plan")
-                else:
-                    i = min(plan.index, len(plan.actions) - 1)
-                    plan.index += 1
-                    self._publish(self._safety.filter(plan.actions[i]), "continue")
+            try:
+                self._tick()
+            finally:
+                self._commands_at_tick = self.counters["commands"]
+
+    def _tick(self) -> None:
+        """Body of :meth:`_on_tick` (caller holds ``_cmd_lock``)."""
+        now = time.perf_counter()
+        with self._state_lock:
+            last_t, seq, obs_t = self._last_state_t, self._obs_seq, self._obs_t
+        tick_mode = self.p("publish_on") == "tick"
+        stale_s = self.p("stale_timeout_s")
+        since = last_t if last_t is not None else self._activated_t
+        # new_state mode answers states; before the first one there is nothing to answer, and a
+        # command would step a lockstep sim that is still starting up. Tick mode commands regardless.
+        waiting_for_first = last_t is None and not tick_mode
+        if stale_s > 0 and now - since > stale_s and not waiting_for_first:
+            if tick_mode or not self._stale:
+                self._publish(self._safety.safe(rate_limited=True), "stale")
+                self.counters["stale_commands"] += 1
+            self._stale = True
+            return
+        self._stale = False
+        pending = seq > self._answered_seq
+        plan = self._plan
+        if tick_mode and plan is not None and self._fresh:  # ready while the node was not active
+            self.counters["fresh"] += 1
+            self._start_plan(plan)
+            return
+        deadline_ms = self.p("deadline_ms")
+        if pending and deadline_ms > 0 and (now - obs_t) * 1000.0 > deadline_ms:
+            self.counters["deadline_misses"] += 1
+            actions = plan.actions if plan is not None else None
+            cmd, how = self._safety.fallback(actions, plan.index if plan is not None else 0)
+            if plan is not None:
+                plan.index += 1
+            self._answered_seq = seq
+            self._publish(cmd, "fallback_" + how)
+            return
+        if tick_mode and self.counters["commands"] == self._commands_at_tick:
+            if plan is None:
+                self._publish(self._safety.safe(rate_limited=True), "no_plan")
+            else:
+                i = min(plan.index, len(plan.actions) - 1)
+                plan.index += 1
+                self._publish(self._safety.filter(plan.actions[i]), "continue")
 
     def _publish(self, command: np.ndarray, why: str) -> None:
         """The only place commands are published. Final output guard: finite and within bounds
