@@ -1,7 +1,7 @@
 """Launch the MuJoCo sim bridge and the sequence-model planner (a lifecycle node, configured and
 activated automatically).
 
-    ros2 launch ros_seqplanner seqplanner.launch.py checkpoint:=/path/to/models/tt_halfcheetah_medium \\
+    ros2 launch ros_seqplanner seqplanner.launch.py checkpoint:=/path/to/models/tt_halfcheetah_medium_expert \\
         planner:=tt env:=halfcheetah mode:=lockstep device:=cpu
 
 Arguments: env, checkpoint, planner, device, mode (bridge: lockstep | realtime), params_file (planner
@@ -42,7 +42,8 @@ def _transition(node: LifecycleNode, transition_id: int, **kwargs) -> EmitEvent:
 def generate_launch_description() -> LaunchDescription:
     default_domain = os.environ.get("ROS_DOMAIN_ID") or str(random.SystemRandom().randint(1, 101))
     default_params = PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "seqplanner.yaml"])
-    default_checkpoint = PathJoinSubstitution([FindPackageShare(PACKAGE), "models", "tt_halfcheetah_medium"])
+    # the demo's default (ros_seqplanner/cli/demo.py DEFAULT_MODELS): plans inside the 50 ms control period
+    default_checkpoint = PathJoinSubstitution([FindPackageShare(PACKAGE), "models", "tt_halfcheetah_medium_expert"])
     args = [
         DeclareLaunchArgument("env", default_value="halfcheetah",
                               description="gymnasium v5 env: halfcheetah | hopper | walker2d"),
@@ -69,7 +70,8 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[{"env": LaunchConfiguration("env"), "mode": LaunchConfiguration("mode")}],
     )
     # Lockstep: the bridge steps once per command, so the planner answers each state once
-    # (publish_on new_state); realtime: the planner publishes every control tick.
+    # (publish_on new_state); realtime: each plan as soon as it is ready, and the plan's next action at
+    # control ticks that had no command (publish_on tick).
     planner = LifecycleNode(
         package=PACKAGE, executable="seqplanner_node", name="seqplanner", namespace="", output="screen",
         parameters=[
