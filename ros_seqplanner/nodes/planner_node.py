@@ -701,8 +701,9 @@ class PlannerNode(LifecycleNode):
         self._answered_seq = max(self._answered_seq, plan.seq)
 
     def _on_tick(self) -> None:
-        """Control-rate timer: stale state -> safe; missed deadline -> fallback; tick mode: a late plan's
-        first action, else -- when no command went out since the last tick -- the plan's next action."""
+        """Control-rate timer: stale state -> safe; missed deadline -> fallback; tick mode: a plan that was
+        ready while the node was inactive, else -- when no command went out since the last tick -- the
+        plan's next action."""
         with self._cmd_lock:
             if not self._active:
                 return
