@@ -31,6 +31,8 @@ from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from launch_ros.substitutions import FindPackageShare
 
+from ros_seqplanner.cli.demo import DEFAULT_MODELS
+
 PACKAGE = "ros_seqplanner"
 
 
@@ -42,8 +44,7 @@ def _transition(node: LifecycleNode, transition_id: int, **kwargs) -> EmitEvent:
 def generate_launch_description() -> LaunchDescription:
     default_domain = os.environ.get("ROS_DOMAIN_ID") or str(random.SystemRandom().randint(1, 101))
     default_params = PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "seqplanner.yaml"])
-    # the demo's default (ros_seqplanner/cli/demo.py DEFAULT_MODELS): plans inside the 50 ms control period
-    default_checkpoint = PathJoinSubstitution([FindPackageShare(PACKAGE), "models", "tt_halfcheetah_medium_expert"])
+    default_checkpoint = PathJoinSubstitution([FindPackageShare(PACKAGE), "models", DEFAULT_MODELS["halfcheetah"]])
     args = [
         DeclareLaunchArgument("env", default_value="halfcheetah",
                               description="gymnasium v5 env: halfcheetah | hopper | walker2d"),

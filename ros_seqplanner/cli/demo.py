@@ -32,8 +32,9 @@ PERIODS = {"halfcheetah": 0.05, "hopper": 0.008, "walker2d": 0.008}  # gymnasium
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", default="halfcheetah", choices=sorted(DEFAULT_MODELS), help="gymnasium v5 env")
     p.add_argument("--checkpoint", default=None,
-                   help="checkpoint (default: the shipped TT for the env, models/" + DEFAULT_MODELS["halfcheetah"]
-                   + " for halfcheetah, models/tt_<env>_medium otherwise; else any one for the env in models/)")
+                   help="checkpoint (default: the shipped TT for the env, "
+                   + ", ".join(f"{env}: models/{name}" for env, name in DEFAULT_MODELS.items())
+                   + "; else any one for the env in models/)")
     p.add_argument("--planner", default="auto", choices=("tt", "dt", "bc", "auto"), help="expected checkpoint kind")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N)")
     p.add_argument("--steps", type=int, default=1000, help="episode length (HalfCheetah: 1000)")

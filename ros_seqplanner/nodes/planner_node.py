@@ -112,8 +112,8 @@ class Plan:
     actions: np.ndarray
     observations: np.ndarray | None
     seq: int
+    t_state: float
     index: int = 0
-    t_state: float = 0.0
 
 
 def _plan_from_policy(policy: Any, action: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -693,7 +693,7 @@ class PlannerNode(LifecycleNode):
         first = 0
         if self.p("publish_on") == "tick":
             late = int((time.perf_counter() - plan.t_state) * self.p("control_rate_hz"))
-            first = min(max(late, 0), len(plan.actions) - 1)
+            first = min(late, len(plan.actions) - 1)
             if late > 0:
                 self.counters["late_plans"] += 1
         self._publish(self._safety.filter(plan.actions[first]), "plan")
