@@ -44,13 +44,15 @@ def _transition(node: LifecycleNode, transition_id: int, **kwargs) -> EmitEvent:
 def generate_launch_description() -> LaunchDescription:
     default_domain = os.environ.get("ROS_DOMAIN_ID") or str(random.SystemRandom().randint(1, 101))
     default_params = PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "seqplanner.yaml"])
-    default_checkpoint = PathJoinSubstitution([FindPackageShare(PACKAGE), "models", DEFAULT_MODELS["halfcheetah"]])
+    # The env's shipped model (as `seqplanner demo --env`), looked up once env:= is resolved.
+    default_model = PythonExpression([repr(DEFAULT_MODELS), "['", LaunchConfiguration("env"), "']"])
+    default_checkpoint = PathJoinSubstitution([FindPackageShare(PACKAGE), "models", default_model])
     args = [
         DeclareLaunchArgument("env", default_value="halfcheetah",
                               description="gymnasium v5 env: halfcheetah | hopper | walker2d"),
         DeclareLaunchArgument("checkpoint", default_value=default_checkpoint,
                               description="planner checkpoint (name, name.json or name.safetensors); "
-                                          "default: the shipped HalfCheetah TT"),
+                                          "default: the shipped TT for env"),
         DeclareLaunchArgument("planner", default_value="tt", description="checkpoint kind: tt | dt | bc | auto"),
         DeclareLaunchArgument("device", default_value="cpu", description="torch device: cpu | cuda | cuda:N"),
         DeclareLaunchArgument("mode", default_value="lockstep", description="sim bridge mode: lockstep | realtime"),

@@ -32,6 +32,19 @@ def test_launch_file_compiles_and_declares_arguments(tmp_path):
     assert "TRANSITION_CONFIGURE" in text and "TRANSITION_ACTIVATE" in text
 
 
+def test_default_checkpoint_follows_env():
+    """env:=hopper without checkpoint:= must load the hopper model, not the HalfCheetah one (which fails
+    on_configure with a dimension mismatch). The default is a PythonExpression over DEFAULT_MODELS."""
+    from ros_seqplanner.cli.demo import DEFAULT_MODELS
+
+    text = LAUNCH.read_text()
+    m = re.search(r'default_model = PythonExpression\(\[repr\(DEFAULT_MODELS\), "(.*?)", LaunchConfiguration\("env"\), '
+                  r'"(.*?)"\]\)', text)
+    assert m and '"models", default_model' in text
+    for env, name in DEFAULT_MODELS.items():  # what launch evaluates once env is substituted
+        assert eval(repr(DEFAULT_MODELS) + m.group(1) + env + m.group(2), {}) == name
+
+
 @pytest.mark.skipif(importlib.util.find_spec("launch_ros") is None or importlib.util.find_spec("launch") is None,
                     reason="launch / launch_ros are not installed (ROS 2 installation only)")
 def test_generate_launch_description():
