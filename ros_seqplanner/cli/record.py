@@ -75,6 +75,7 @@ def record_closed_loop(out: str | Path, *, env: str = "halfcheetah", checkpoint:
     """
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
+    from rclpy.task import Future
     from rclpy.parameter import Parameter
 
     from ros_seqplanner.bags.record import TopicRecorder
@@ -109,7 +110,11 @@ def record_closed_loop(out: str | Path, *, env: str = "halfcheetah", checkpoint:
         executor = MultiThreadedExecutor(num_threads=4, context=context)
         for n in nodes:
             executor.add_node(n)
-        spin = threading.Thread(target=executor.spin, daemon=True)
+        # Spin until `stop` is done, not until shutdown: rclpy's Executor.shutdown() destroys its guard
+        # condition without waiting for a spinning thread, which may be building a wait set with it then
+        # (InvalidHandle in that thread). Ending the spin first and joining makes shutdown() safe.
+        stop = Future()
+        spin = threading.Thread(target=executor.spin_until_future_complete, args=(stop,), daemon=True)
         if not autostart(node):
             raise RuntimeError(f"planner node failed to configure/activate (checkpoint {checkpoint!r}); see its log")
         spin.start()
@@ -148,10 +153,11 @@ def record_closed_loop(out: str | Path, *, env: str = "halfcheetah", checkpoint:
         # Stop spinning before destroying any entity (the planner's shutdown destroys its own): destroying a
         # subscription while another thread's executor waits on it raises InvalidHandle in that thread, and a
         # callback in flight fails with "cannot use Destroyable" (printed at exit as never retrieved).
-        if executor is not None:
-            executor.shutdown()
         if spin is not None and spin.is_alive():
+            stop.set_result(True)  # wakes the executor; its spin returns
             spin.join(timeout=30.0)
+        if executor is not None:
+            executor.shutdown()  # waits for callbacks still running in its thread pool
         if len(nodes) > 1 and nodes[1].current_state_label() in ("active", "inactive"):
             nodes[1].trigger_shutdown()
         if recorder is not None:
