@@ -75,8 +75,8 @@ def record_closed_loop(out: str | Path, *, env: str = "halfcheetah", checkpoint:
     """
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
-    from rclpy.task import Future
     from rclpy.parameter import Parameter
+    from rclpy.task import Future
 
     from ros_seqplanner.bags.record import TopicRecorder
     from ros_seqplanner.bags.writer import BagWriter
