@@ -75,6 +75,25 @@ class LinearPolicy:
         return a.astype(np.float32)
 
 
+class ContextPolicy(LinearPolicy):
+    """A LinearPolicy that also takes the node's context catch-up: records ``observe`` and
+    ``correct_last_action`` calls in ``events`` (in call order, interleaved with ``act``)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.events: list[tuple] = []
+
+    def act(self, observation: np.ndarray, reward: float | None) -> np.ndarray:
+        self.events.append(("act", np.array(observation), reward))
+        return super().act(observation, reward)
+
+    def observe(self, observation: np.ndarray, reward: float | None, action: np.ndarray) -> None:
+        self.events.append(("observe", np.array(observation), reward, np.array(action)))
+
+    def correct_last_action(self, action: np.ndarray) -> None:
+        self.events.append(("correct", np.array(action)))
+
+
 def factory_for(policy: Any) -> Callable[..., Any]:
     def make(checkpoint: str, device: str, **options: Any) -> Any:
         policy.options = options

@@ -77,6 +77,42 @@ def test_ring_buffer_over_1000_steps_matches_recompute_from_last_k_steps():
     assert policy.return_to_go == pytest.approx(rtg_hist[-1])
 
 
+def test_catch_up_matches_recompute_with_the_executed_actions():
+    """Steps the robot took without asking the policy (``observe``) and an executed action other than the
+    returned one (``correct_last_action``) enter the context exactly: the next action equals the full
+    forward over the states, return-to-go and actions the robot really went through."""
+    policy = make_policy(context=4, max_ep_len=50)
+    policy.reset(target_return=250.0)
+    rng = np.random.default_rng(1)
+    obs_hist, act_hist, rtg_hist = [], [], []
+    reward, rtg = None, 250.0
+    for t in range(9):
+        obs = rng.normal(size=3).astype(np.float32) * STD + MEAN
+        if reward is not None:
+            rtg -= reward
+        obs_hist.append(obs)
+        rtg_hist.append(rtg)
+        executed = rng.uniform(LOW, HIGH).astype(np.float32)
+        if t % 3 == 1:  # skipped by a slow planner: the robot executed `executed`
+            policy.observe(obs, reward, executed)
+        else:
+            action = policy.act(obs, reward)
+            np.testing.assert_allclose(action, reference_action(policy, obs_hist, act_hist, rtg_hist, t),
+                                       rtol=0, atol=2e-5)
+            if t % 3 == 2:  # a late plan: the robot kept executing something else
+                policy.correct_last_action(executed)
+            else:
+                executed = action
+        act_hist.append(executed)
+        reward = float(rng.normal())
+    assert policy.t == 9
+    with pytest.raises(ValueError, match="action must be"):
+        policy.observe(obs_hist[-1], 0.0, np.array([np.nan, 0.0]))
+    with pytest.raises(ValueError, match="action must be"):
+        policy.correct_last_action(np.zeros(3))
+    assert policy.t == 9
+
+
 def test_return_to_go_is_decremented_by_rewards_and_scaled():
     policy = make_policy(scale=100.0)
     policy.reset(target_return=300.0)

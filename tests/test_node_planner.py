@@ -16,6 +16,7 @@ pytest.importorskip("rclpy")
 
 from node_harness import (
     CHEETAH,
+    ContextPolicy,
     Graph,
     LinearPolicy,
     Probe,
@@ -318,3 +319,78 @@ def test_tick_mode_starts_a_late_plan_at_the_current_period(graph):
     np.testing.assert_allclose(cmds[first], a * 0.25, atol=1e-6)  # action 2 (LinearPolicy halves per step)
     np.testing.assert_allclose(cmds[first + 1], a * 0.125, atol=1e-6)
     assert planner.counters["late_plans"] == 1 and planner.counters["deadline_misses"] == 1
+
+
+def _state_with_reward(planner, probe: Probe, obs: np.ndarray, reward: float, k: int) -> None:
+    """Publish ``reward``, then the k-th state (as the sim bridge does); wait until the node stored both."""
+    n_rewards = planner._reward_count
+    probe.pub_reward.publish(Float64(data=reward))
+    assert wait_for(lambda: planner._reward_count > n_rewards)
+    probe.pub_js.publish(probe.joint_state(obs, stamp=(k, 0)))
+    assert wait_for(lambda: planner._obs_seq >= k)
+
+
+@pytest.mark.parametrize("catch_up", [True, False])
+def test_slow_plan_context_catch_up(graph, catch_up):
+    """While a plan runs, the robot passes states the policy is never asked about, under commands from an
+    older plan. Before the next plan the node tells a policy that keeps a context (TT, DT) what happened:
+    the command executed at the planned state (not the plan's own first action) and each skipped state with
+    its reward and executed command, so the context stays one transition per control period."""
+    policy = ContextPolicy(delays={2: 0.4})  # call 0: warm-up; call 1: s1 (fast); call 2: s2 (slow)
+    planner, probe = _start(graph, policy, publish_on="new_state", stale_timeout_s=5.0, inline_plan_max_ms=0.0,
+                            reward_wait_ms=0.0, catch_up_context=catch_up)
+    s = [_obs(30 + k) for k in range(5)]
+    probe.pub_js.publish(probe.joint_state(s[1], stamp=(1, 0)))
+    assert wait_for(lambda: probe.n_commands() >= 1)
+    a1 = probe.commands[0]
+    _state_with_reward(planner, probe, s[2], 0.5, 2)  # planning s2 takes 0.4 s ...
+    _state_with_reward(planner, probe, s[3], 0.25, 3)  # ... while s3 and s4 arrive, the robot still on a1
+    _state_with_reward(planner, probe, s[4], 0.125, 4)
+    assert wait_for(lambda: policy.calls >= 4, timeout=3.0), "after the slow plan the node plans the newest state"
+    events = policy.events[1:]  # [0] = the warm-up act
+    if not catch_up:
+        assert [e[0] for e in events] == ["act"] * 3 and planner.counters["observed_states"] == 0
+        return
+    assert [e[0] for e in events[:3]] == ["act", "correct", "act"]
+    np.testing.assert_allclose(events[1][1], a1)  # executed at s1: the plan's own first action
+    np.testing.assert_array_equal(events[2][1], s[2])
+    rest = events[3:]
+    assert [e[0] for e in rest] == ["correct", "observe", "act"]
+    np.testing.assert_allclose(rest[0][1], a1)  # executed at s2: a1, not the slow plan's first action
+    assert not np.allclose(rest[0][1], policy.expected(s[2]))
+    np.testing.assert_array_equal(rest[1][1], s[3])
+    assert rest[1][2] == 0.25
+    np.testing.assert_allclose(rest[1][3], a1)  # the slow plan came out after s4 arrived
+    np.testing.assert_array_equal(rest[2][1], s[4])
+    assert rest[2][2] == 0.125
+    assert planner.counters["observed_states"] == 1 and planner.counters["catch_up_errors"] == 0
+
+
+def test_lockstep_catch_up_records_each_state_under_its_own_command(graph):
+    """A lockstep sim answers a command with the next state at once, on another executor thread, which can
+    run before the publishing thread gets the GIL back. The action the node reports as executed at each
+    state must be that state's command, never the one before it. (The node used to note the command only
+    after publishing it: in 6 of 1000 steps of a demo episode the TT's context then got the previous
+    command, and the lockstep demo no longer equalled ``seqplanner evaluate``.) Here the next state is
+    delivered inside ``publish`` itself, the worst case, so the test is deterministic."""
+    policy = ContextPolicy()
+    planner, probe = _start(graph, policy, publish_on="new_state", stale_timeout_s=5.0, reward_wait_ms=50.0)
+    steps, sent = 20, [0]
+    publish = planner._cmd_pub.publish
+
+    def publish_then_next_state(msg: Float64MultiArray) -> None:
+        publish(msg)
+        k = sent[0] = sent[0] + 1
+        if k < steps:
+            planner._on_reward(Float64(data=0.01 * k))
+            planner._on_joint_state(probe.joint_state(_obs(1000 + k), stamp=(k + 1, 0)))
+
+    planner._cmd_pub.publish = publish_then_next_state
+    probe.pub_js.publish(probe.joint_state(_obs(1000), stamp=(1, 0)))
+    assert wait_for(lambda: policy.calls >= steps + 1, timeout=10.0), f"{policy.calls} plans"
+    acts = [e for e in policy.events[1:] if e[0] == "act"]
+    corrections = [e[1] for e in policy.events[1:] if e[0] == "correct"]
+    assert len(acts) == steps and len(corrections) == steps - 1
+    assert planner.counters["observed_states"] == 0
+    for k, executed in enumerate(corrections):
+        np.testing.assert_allclose(executed, policy.expected(acts[k][1]), atol=1e-6, err_msg=f"state {k}")

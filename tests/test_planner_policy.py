@@ -103,6 +103,92 @@ def test_context_bookkeeping():
     assert pol.context_transitions == 0 and pol.last_plan is None
 
 
+def _transition_tokens(disc, o, a, r):
+    d = OD + AD + 2
+    expect = disc.encode(np.concatenate([o, a, [r, 0.0]]))
+    expect[-1] = NB - 1
+    return expect + NB * np.arange(d)
+
+
+def test_catch_up_keeps_one_transition_per_control_period():
+    """A realtime node whose plan outlasts the control period tells the policy what the robot executed at the
+    planned state and which states it passed meanwhile: the context then holds exactly those transitions."""
+    model, disc, cfg = make()
+    low, high = np.array([-0.5, -0.2]), np.array([0.5, 0.1])
+    pol = TTPolicy(model, disc, cfg, low, high)
+    rng = np.random.default_rng(3)
+    s0, s1, s2 = obs(rng), obs(rng), obs(rng)
+    pol.correct_last_action(np.zeros(AD))  # before the first act: nothing to correct
+    a0 = pol.act(s0, None)
+    x0, x1 = np.array([0.3, -0.1]), np.array([0.9, 0.05])  # x1 beyond the bounds: clipped like an act
+    assert not np.allclose(x0, a0)
+    pol.correct_last_action(x0)
+    pol.observe(s1, 0.5, x1)
+    assert pol.context_transitions == 1
+    pol.act(s2, -0.25)
+    assert pol.context_transitions == 2
+    toks = pol.context_tokens(s2)
+    d = OD + AD + 2
+    np.testing.assert_array_equal(toks[:d], _transition_tokens(disc, s0, x0, 0.5))
+    np.testing.assert_array_equal(toks[d:2 * d], _transition_tokens(disc, s1, np.clip(x1, low, high), -0.25))
+    # Bad input: a clear error and the context is unchanged.
+    before = pol.context_tokens(s2)
+    for bad in (np.array([np.nan, 0.0]), np.zeros(AD + 1)):
+        with pytest.raises(ValueError, match="action must be"):
+            pol.observe(s1, 0.5, bad)
+        with pytest.raises(ValueError, match="action must be"):
+            pol.correct_last_action(bad)
+    with pytest.raises(ValueError, match="reward for the previous action"):
+        pol.observe(s1, None, x0)
+    with pytest.raises(ValueError, match="NaN"):
+        pol.observe(np.full(OD, np.nan), 0.5, x0)
+    np.testing.assert_array_equal(pol.context_tokens(s2), before)
+
+
+def test_act_ahead_plans_from_the_models_prediction_of_the_committed_steps():
+    """Latency compensation: the planner's prefix is the observation, the committed action with the predicted
+    reward, then the predicted next observation -- the same point predictions as the open-loop rollout of the
+    long-horizon study (whose value token is the model's, here the context placeholder: value tokens are
+    masked out of attention, so the predictions agree). The context keeps only what was executed."""
+    from ros_seqplanner.sim.long_horizon import tt_open_loop
+
+    model, disc, cfg = make()
+    pol = TTPolicy(model, disc, cfg)
+    rng = np.random.default_rng(4)
+    s0, s1, s2 = obs(rng), obs(rng), obs(rng)
+    committed = np.array([[0.4, -0.3]], np.float32)
+    seen = []
+    plan = pol.planner.plan
+    pol.planner.plan = lambda prefix, *a: (seen.append(prefix.numpy().copy()), plan(prefix, *a))[1]
+    a = pol.act_ahead(s0, None, committed)
+    np.testing.assert_array_equal(a, np.clip(pol.last_plan.actions[0], -1, 1).astype(np.float32))
+    states, rewards, _ = tt_open_loop(model, disc, s0, committed, decode="median")
+    d = OD + AD + 2
+    prefix = seen[0]
+    assert prefix.shape == (d + OD,)
+    off = NB * np.arange(d)
+    np.testing.assert_array_equal(prefix[:OD], disc.encode_dims(s0.astype(np.float32), 0, OD) + off[:OD])
+    np.testing.assert_array_equal(prefix[OD:OD + AD], disc.encode_dims(committed[0].astype(np.float64), OD, OD + AD)
+                                  + off[OD:OD + AD])
+    np.testing.assert_array_equal(prefix[OD + AD], disc.encode_dims(rewards[:1].astype(np.float64), OD + AD,
+                                                                    OD + AD + 1)[0] + off[OD + AD])
+    assert prefix[d - 1] == NB - 1 + off[d - 1]  # the context's value placeholder
+    np.testing.assert_array_equal(prefix[d:], disc.encode_dims(states[0].astype(np.float64), 0, OD) + off[:OD])
+    # The context: s0 with the committed (executed) action; the step after comes with observe().
+    pol.observe(s1, 0.5, np.array([0.1, 0.2]))
+    pol.act(s2, -1.0)
+    toks = pol.context_tokens(s2)
+    np.testing.assert_array_equal(toks[:d], _transition_tokens(disc, s0, committed[0], 0.5))
+    np.testing.assert_array_equal(toks[d:2 * d], _transition_tokens(disc, s1, np.array([0.1, 0.2]), -1.0))
+    # No committed steps: the same plan as act() from the same RNG state.
+    pol.reset(seed=7)
+    ahead = pol.act_ahead(s0, None, np.zeros((0, AD)))
+    pol.reset(seed=7)
+    np.testing.assert_array_equal(ahead, pol.act(s0, None))
+    with pytest.raises(ValueError, match="action must be"):
+        pol.act_ahead(s1, 0.0, np.array([[np.nan, 0.0]]))
+
+
 def test_bad_inputs_raise_clear_errors():
     model, disc, cfg = make()
     pol = TTPolicy(model, disc, cfg)

@@ -237,3 +237,16 @@ def test_cli_writes_report_and_reports_errors(tmp_path, capsys):
     assert "](attention.png)" in out.read_text()
     assert main(["report", "--results", str(tmp_path / "missing"), "--out", str(out)]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_modelled_latency_rows_are_named_and_kept_out_of_the_latency_table(tmp_path):
+    _write(tmp_path, "tt.json", _result("tt", [[5000.0]], p50=40.0))
+    late = _result("tt", [[2000.0]], p50=14.0)
+    late["config"].update(latency_steps=2, catch_up=False)
+    _write(tmp_path, "tt_late.json", late)
+    text = render_report(*load_results(tmp_path))
+    lat = text.index("## Per-step action latency")
+    row = _table_row(text[:lat], "| Trajectory Transformer [catch_up=no, latency_steps=2]")
+    assert row[2] == "2000.0 ± 0.0"
+    assert "latency_steps" not in text[lat:]  # its per-step time is mostly plan-following, not planning
+    assert _table_row(text[lat:], "| Trajectory Transformer")[4] == "40.00"

@@ -109,3 +109,25 @@ def test_factory_and_video_errors(tmp_path):
         evaluate_checkpoint(ckpt, episodes=1, max_steps=2, video=tmp_path / "v.txt", progress=False)
     with pytest.raises(ValueError, match="do not match"):
         evaluate_checkpoint(ckpt, env="halfcheetah", episodes=1, max_steps=2, progress=False)
+
+
+def test_evaluate_with_modelled_planning_latency(tmp_path, capsys):
+    from ros_seqplanner.sim.report import parse_eval_result
+
+    ckpt = make_tt(tmp_path / "tt")
+    lock = evaluate_checkpoint(ckpt, episodes=1, seeds=(0,), max_steps=6, policy_options=OPTIONS["tt"],
+                               progress=False)
+    late = evaluate_checkpoint(ckpt, episodes=1, seeds=(0,), max_steps=6, policy_options=OPTIONS["tt"],
+                               progress=False, latency_steps=1)
+    assert late.config["latency_steps"] == 1 and late.config["catch_up"] is True
+    assert late.config["planner"] == lock.config["planner"]  # the wrapped TT's planner is still recorded
+    assert "latency_steps" not in lock.config
+    assert late.episodes[0].ret != lock.episodes[0].ret  # the first step ran the safe action, not the plan
+    row = parse_eval_result(late.to_json(), "late.json")
+    assert "catch_up=yes" in row.name and "latency_steps=1" in row.name and "compensate" not in row.name
+    ahead = evaluate_checkpoint(ckpt, episodes=1, seeds=(0,), max_steps=6, policy_options=OPTIONS["tt"],
+                                progress=False, latency_steps=1, compensate=True)
+    assert ahead.config["compensate"] is True and ahead.episodes[0].length == 6
+    assert "compensate=yes" in parse_eval_result(ahead.to_json(), "ahead.json").name
+    assert main(["evaluate", str(ckpt), "--latency-steps", "-1"]) == 2
+    assert "--latency-steps must be >= 0" in capsys.readouterr().err

@@ -21,6 +21,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "other cores, e.g. a second evaluation (figures in BENCHMARKS.md)")
     p.add_argument("--option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="option for the policy's from_checkpoint (e.g. preset=fast, noise=policy); repeatable")
+    p.add_argument("--latency-steps", type=int, default=0, metavar="L",
+                   help="model a realtime robot that does not wait: every plan takes L whole control periods "
+                   "(is followed from its action L, the previous plan runs meanwhile); reproducible, unlike a "
+                   "realtime episode over ROS 2 (default 0: lockstep)")
+    p.add_argument("--no-catch-up", action="store_true",
+                   help="with --latency-steps: do not give the policy the states it skipped while planning "
+                   "(the node's catch_up_context: false)")
+    p.add_argument("--compensate", action="store_true",
+                   help="with --latency-steps (TT): plan for the state the model predicts L steps ahead, from the "
+                   "actions the robot runs meanwhile, and follow the plan from its action 0")
     p.add_argument("--target-return", type=float, help="DT return-to-go target (passed to reset)")
     p.add_argument("--out", help="write the JSON results here (default: print only)")
     p.add_argument("--video", help="record the first episode of the first checkpoint (.mp4 or .gif); needs MuJoCo "
@@ -39,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         print(f"error: --threads must be >= 0, got {args.threads}", file=sys.stderr)
         return 2
+    if args.latency_steps < 0:
+        print(f"error: --latency-steps must be >= 0, got {args.latency_steps}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     options = dict(args.option)
@@ -48,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         res = evaluate_checkpoint(ckpt, env=args.env, episodes=args.episodes, seeds=tuple(args.seeds),
                                   max_steps=args.max_steps, device=args.device, policy_options=options,
                                   reset_options=reset_options, video=args.video if i == 0 else None,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, latency_steps=args.latency_steps,
+                                  catch_up=not args.no_catch_up, compensate=args.compensate)
         results.append(res.to_json())
         results[-1]["config"]["torch_threads"] = torch.get_num_threads()
         s = res.summary

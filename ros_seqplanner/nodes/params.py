@@ -58,6 +58,10 @@ PLANNER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("reward_wait_ms", 20.0, "how long planning waits for the reward that pairs with a new state "
               "(only while the reward topic has a publisher)",
               range=(0.0, 1000.0), read_only=False),
+    ParamSpec("catch_up_context", True, "give the policy the control periods it was not asked about (states "
+              "skipped while a slower-than-the-period plan ran, and the command actually executed at each "
+              "planned state), so a TT/DT context stays one transition per period as in training",
+              read_only=False),
     ParamSpec("inline_plan_max_ms", 5.0, "publish_on=new_state: plan directly in the state callback (no hand-off "
               "to the planning thread) while the recent plans took at most this long; slower policies plan in "
               "the planning thread so state intake never waits on them (0 = always the planning thread)",

@@ -59,6 +59,7 @@ from ros_seqplanner.nodes.obs_layout import (
     parse_name_map,
 )
 from ros_seqplanner.nodes.params import PLANNER_PARAMS, ParamSpec, check_value
+from ros_seqplanner.policies.base import plan_from_policy
 from ros_seqplanner.policies.safety import SafetyConfig, SafetyFilter, validate_state
 
 # state: latest wins, never queued; commands: reliable, depth 1 (forward_command_controller's default
@@ -103,6 +104,9 @@ def checkpoint_kind(checkpoint: str) -> str | None:
         return None
 
 
+_TRACE_LEN = 64  # recent states kept for the context catch-up (a plan slower than 64 periods loses the rest)
+
+
 @dataclass
 class Plan:
     """One planner output: ``actions`` (H, A) starting with the action for state ``seq`` (received at
@@ -114,29 +118,6 @@ class Plan:
     seq: int
     t_state: float
     index: int = 0
-
-
-def _plan_from_policy(policy: Any, action: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(actions, predicted observations) still ahead, from the optional ``policy.last_plan`` (dict or
-    object with ``actions`` / ``observations``). The plan is cut at the row that produced ``action``
-    (TT with ``plan_freq > 1`` executes a cached plan row by row); without a matching plan it is just
-    ``action``."""
-    plan = getattr(policy, "last_plan", None)
-    if plan is None:
-        return action[None], None
-    get = plan.get if isinstance(plan, dict) else (lambda k, d=None: getattr(plan, k, d))
-    try:
-        acts = np.asarray(get("actions", None), dtype=np.float64).reshape(-1, action.size)
-        obs = get("observations", None)
-        obs = None if obs is None else np.asarray(obs, dtype=np.float64).reshape(len(acts), -1)
-    except (TypeError, ValueError):
-        return action[None], None
-    lo, hi = np.asarray(policy.action_low, np.float64), np.asarray(policy.action_high, np.float64)
-    match = np.flatnonzero(np.all(np.abs(np.clip(acts, lo, hi) - action) <= 1e-5, axis=1))
-    if match.size == 0:
-        return action[None], None
-    k = int(match[0])
-    return np.concatenate([action[None], acts[k + 1:]]), None if obs is None else obs[k:]
 
 
 class LatencyStats:
@@ -283,6 +264,9 @@ class PlannerNode(LifecycleNode):
         self._goal_changed = False
         self._stale = False
         self._last_stamp: tuple = ()
+        # [seq, observation, latest reward at arrival, command in effect when the next state arrived] of the
+        # recent accepted states: what the robot did in the periods the policy was not asked about.
+        self._trace: collections.deque[list[Any]] = collections.deque(maxlen=_TRACE_LEN)
         self.counters = collections.Counter()
         self.last_error = ""
         self.last_reject = ""
@@ -485,6 +469,9 @@ class PlannerNode(LifecycleNode):
         with self._state_lock:
             self._obs, self._obs_t, self._last_state_t = obs, t, t
             self._obs_seq += 1
+            if self._trace:
+                self._trace[-1][3] = self.last_command  # the robot left the previous state under this command
+            self._trace.append([self._obs_seq, obs, self._reward, None])
         self._hand_off()
 
     def _plan_inline(self) -> bool:
@@ -643,13 +630,17 @@ class PlannerNode(LifecycleNode):
         self.reward_wait.add(wait_ms)
         with self._state_lock:
             obs, seq, t_state = self._obs, self._obs_seq, self._obs_t
+            planned = self._planned_seq
+            since = [e for e in self._trace if planned <= e[0] < seq and e[3] is not None]
             self._planned_seq = seq
+        if self._episode_steps > 0 and reset_opts is None and self.p("catch_up_context"):
+            self._catch_up(since, planned)
         t0 = time.perf_counter()
         try:
             action = np.asarray(self.policy.act(obs, reward), dtype=np.float64).reshape(-1)
             if action.size != self._safety.config.act_dim or not np.all(np.isfinite(action)):
                 raise ValueError(f"policy returned an invalid action {action.tolist()}")
-            plan = Plan(*_plan_from_policy(self.policy, action), seq=seq, t_state=t_state)
+            plan = Plan(*plan_from_policy(self.policy, action), seq=seq, t_state=t_state)
         except Exception as e:
             self.counters["planner_errors"] += 1
             self.last_error = f"{type(e).__name__}: {e}"
@@ -677,6 +668,29 @@ class PlannerNode(LifecycleNode):
             if self._active and (self._answered_seq < seq or self.p("publish_on") == "tick"):
                 self._publish_fresh(t_state, act_ms + wait_ms)
         self._publish_plan(plan)
+
+    def _catch_up(self, steps: list[list[Any]], planned: int) -> None:
+        """Tell the policy what happened since its last plan, made for state ``planned``. ``steps``: trace
+        entries from that state up to (not including) the state about to be planned. The command executed
+        at ``planned`` replaces the plan's own first action (they differ when the plan was late and the
+        robot still followed the previous one); every later entry is a state skipped while the policy
+        planned, passed with its reward and executed command. Policies without ``observe`` /
+        ``correct_last_action`` (BC, the behaviour policy: memoryless) are not told."""
+        observe = getattr(self.policy, "observe", None)
+        correct = getattr(self.policy, "correct_last_action", None)
+        if not steps or observe is None or correct is None:
+            return
+        try:
+            for e_seq, obs, reward, action in steps:
+                if e_seq == planned:
+                    correct(action)
+                else:
+                    observe(obs, reward, action)
+                    self.counters["observed_states"] += 1
+        except Exception as e:  # the context misses a step; planning goes on
+            self.counters["catch_up_errors"] += 1
+            self.get_logger().warning(f"context catch-up failed: {type(e).__name__}: {e}",
+                                      throttle_duration_sec=2.0)
 
     # ------------------------------------------------------------------ commanding
     def _publish_fresh(self, t_state: float, excluded_ms: float) -> None:
@@ -762,10 +776,12 @@ class PlannerNode(LifecycleNode):
             return
         msg = self._cmd_msg  # rclpy serialises on publish(), so one message object can be refilled each time
         msg.data = array.array("d", cmd.tobytes())
+        # Before publishing: the next state (a lockstep sim answers within a millisecond, on another
+        # executor thread) must find this command as the one the robot left its previous state with.
+        self.last_command = cmd
         self._cmd_pub.publish(msg)
         self.counters["commands"] += 1
         self.counters["cmd_" + why] += 1
-        self.last_command = cmd
 
     def _publish_plan(self, plan: Plan) -> None:
         pub = self._plan_pub

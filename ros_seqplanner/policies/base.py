@@ -40,6 +40,13 @@ class Policy(Protocol):
         action (None on the first step of an episode)."""
         ...
 
+    # Optional, for policies that keep a context (TT, DT); a realtime controller whose plans outlast the
+    # control period calls them before its next ``act`` (the planner node, LatencyPolicy):
+    #   correct_last_action(action): the robot executed ``action`` after the latest observation, not the
+    #       action ``act`` returned (it was still following an older plan);
+    #   observe(observation, reward, action): a period the policy was not asked about: the robot reached
+    #       ``observation`` (``reward`` for the previous action) and executed ``action``.
+
 
 def check_observation(observation: np.ndarray, obs_dim: int) -> np.ndarray:
     """Validate one observation: 1-D, right length, finite. Raises ValueError with the reason."""
@@ -58,3 +65,26 @@ def obs_normaliser(obs_mean: np.ndarray, obs_std: np.ndarray, obs_dim: int) -> t
     if not np.all(std > 0):
         raise ValueError("obs_std must be positive")
     return mean, std
+
+
+def plan_from_policy(policy: Any, action: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(actions, predicted observations) still ahead, from the optional ``policy.last_plan`` (dict or
+    object with ``actions`` / ``observations``). The plan is cut at the row that produced ``action``
+    (TT with ``plan_freq > 1`` executes a cached plan row by row); without a matching plan it is just
+    ``action``."""
+    plan = getattr(policy, "last_plan", None)
+    if plan is None:
+        return action[None], None
+    get = plan.get if isinstance(plan, dict) else (lambda k, d=None: getattr(plan, k, d))
+    try:
+        acts = np.asarray(get("actions", None), dtype=np.float64).reshape(-1, action.size)
+        obs = get("observations", None)
+        obs = None if obs is None else np.asarray(obs, dtype=np.float64).reshape(len(acts), -1)
+    except (TypeError, ValueError):
+        return action[None], None
+    lo, hi = np.asarray(policy.action_low, np.float64), np.asarray(policy.action_high, np.float64)
+    match = np.flatnonzero(np.all(np.abs(np.clip(acts, lo, hi) - action) <= 1e-5, axis=1))
+    if match.size == 0:
+        return action[None], None
+    k = int(match[0])
+    return np.concatenate([action[None], acts[k + 1:]]), None if obs is None else obs[k:]

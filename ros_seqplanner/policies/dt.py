@@ -71,7 +71,35 @@ class DTPolicy:
 
     def act(self, observation: np.ndarray, reward: float | None) -> np.ndarray:
         t0 = time.perf_counter()
+        out = self._step(check_observation(observation, self.obs_dim), reward)
+        self.timings = PolicyTimings(act_ms=(time.perf_counter() - t0) * 1e3, planned=True,
+                                     extra={"missing_rewards": float(self.missing_rewards)})
+        return out
+
+    def correct_last_action(self, action: np.ndarray) -> None:
+        """The robot executed ``action`` after the latest observation, not the one :meth:`act` returned: it
+        becomes a_{t-1} of the next step. No effect before the episode's first step."""
+        a = self._check_action(action)
+        if self.t > 0:
+            self._packed[0, :self.act_dim] = a
+
+    def observe(self, observation: np.ndarray, reward: float | None, action: np.ndarray) -> None:
+        """A control period the policy was not asked about: the robot reached ``observation`` (``reward`` for
+        the previous action) and executed ``action``. The step enters the context (timestep, return-to-go,
+        state) exactly as in :meth:`act`, with ``action`` as the step's action."""
         obs = check_observation(observation, self.obs_dim)
+        a = self._check_action(action)
+        self._step(obs, reward)
+        self._packed[0, :self.act_dim] = a
+
+    def _check_action(self, action: np.ndarray) -> np.ndarray:
+        a = np.asarray(action, dtype=np.float32).reshape(-1)
+        if a.shape != (self.act_dim,) or not np.all(np.isfinite(a)):
+            raise ValueError(f"action must be {self.act_dim} finite values, got {np.asarray(action).tolist()}")
+        return np.clip(a, self.action_low, self.action_high)
+
+    def _step(self, obs: np.ndarray, reward: float | None) -> np.ndarray:
+        """Advance one timestep on a validated observation; returns the model's action."""
         if self.t > 0:
             if reward is None:  # e.g. a late reward message on ROS: keep going, but count it
                 self.missing_rewards += 1
@@ -90,8 +118,6 @@ class DTPolicy:
         out = np.clip(out, self.action_low, self.action_high)  # tanh scaling can overshoot by an ulp
         self._packed[0, :a] = out  # becomes a_{t-1} of the next step
         self.t += 1
-        self.timings = PolicyTimings(act_ms=(time.perf_counter() - t0) * 1e3, planned=True,
-                                     extra={"missing_rewards": float(self.missing_rewards)})
         return out
 
     # -- construction -----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from ros_seqplanner.nets.discretizer import Discretizer
 from ros_seqplanner.nets.tt import TrajectoryTransformer, load_tt
 from ros_seqplanner.planning.beam import BeamPlanner, Plan, PlannerConfig
 from ros_seqplanner.planning.presets import BASE, checkpoint_planner
+from ros_seqplanner.planning.rollout import TokenStream, pick_bin
 from ros_seqplanner.policies.base import PolicyTimings, check_observation
 
 
@@ -117,16 +118,101 @@ class TTPolicy:
         bins = np.append(bins, self.disc.n_bins - 1)  # value placeholder (official: 1e6 -> top bin)
         return bins + self._offsets
 
+    def _close_pending(self, reward: float | None) -> None:
+        """Append the pending (observation, executed action) with ``reward`` to the context."""
+        if self._pending is None:
+            return
+        if reward is None:
+            raise ValueError("reward for the previous action is required after the first step of an episode")
+        if not np.isfinite(reward):
+            raise ValueError(f"reward must be finite, got {reward}")
+        prev_obs, prev_act = self._pending
+        self._context.append(self._tokenise_transition(prev_obs, prev_act, float(reward)))
+
+    def _check_action(self, action: np.ndarray) -> np.ndarray:
+        a = np.asarray(action, dtype=np.float32).reshape(-1)
+        if a.shape != (self.act_dim,) or not np.all(np.isfinite(a)):
+            raise ValueError(f"action must be {self.act_dim} finite values, got {np.asarray(action).tolist()}")
+        return np.clip(a, self.action_low, self.action_high)
+
+    def correct_last_action(self, action: np.ndarray) -> None:
+        """The robot executed ``action`` after the latest observation, not the one :meth:`act` returned (a
+        realtime controller still following an older plan while this one was computed): the context
+        records what was executed. No effect before the episode's first ``act``."""
+        a = self._check_action(action)
+        if self._pending is not None:
+            self._pending = (self._pending[0], a)
+
+    def observe(self, observation: np.ndarray, reward: float | None, action: np.ndarray) -> None:
+        """A control period the policy was not asked about: the robot reached ``observation`` (``reward``
+        for the previous action) and executed ``action`` there. Appends the transition so the context
+        stays one transition per control period, as in training; the current plan advances one row.
+        A realtime node whose planner is slower than the period calls this for the states it skipped."""
+        obs = check_observation(observation, self.obs_dim)
+        a = self._check_action(action)
+        self._close_pending(reward)
+        self._pending = (obs, a)
+        self._t += 1
+        self._plan_idx += 1
+
+    def act_ahead(self, observation: np.ndarray, reward: float | None, committed: np.ndarray) -> np.ndarray:
+        """Latency compensation (not in the reference): plan for the state the robot will be in once this plan
+        is out. The robot executes ``committed`` (L, A) from ``observation`` meanwhile (the previous plan's next
+        actions). The model predicts those L transitions (reward and next observation, per-token median,
+        as in :func:`~ros_seqplanner.sim.long_horizon.tt_open_loop`), the beam search starts from the predicted
+        observation, and the returned action and ``last_plan`` are for step t + L. The context keeps only
+        what is known: ``observation`` with ``committed[0]``; the later steps come with :meth:`observe`."""
+        t0 = time.perf_counter()
+        obs = check_observation(observation, self.obs_dim)
+        acts = np.asarray(committed, dtype=np.float32).reshape(-1, self.act_dim) if np.size(committed) else \
+            np.zeros((0, self.act_dim), np.float32)
+        acts = np.stack([self._check_action(a) for a in acts]) if len(acts) else acts
+        self._close_pending(reward)
+        if self.config.mode == "goal" and self._goal is None:
+            raise ValueError("mode 'goal' needs a goal: call reset(goal=observation)")
+        ctx = list(self._context)
+        o_ids = self.disc.encode_dims(obs, 0, self.obs_dim) + self._offsets[:self.obs_dim]
+        predicted = self._predict_transitions(ctx, o_ids, acts)
+        prefix = torch.as_tensor(np.concatenate([*ctx, *predicted]).astype(np.int64))
+        self.last_plan = self.planner.plan(prefix, self._gen, self._goal)
+        self._plan_idx = 0
+        action = np.clip(self.last_plan.actions[0], self.action_low, self.action_high).astype(np.float32)
+        self._pending = (obs, acts[0] if len(acts) else action)
+        self._t += 1
+        self.timings = PolicyTimings(act_ms=(time.perf_counter() - t0) * 1e3, planned=True,
+                                     extra=dict(self.planner.last_stats))
+        return action
+
+    @torch.no_grad()
+    def _predict_transitions(self, ctx: list[np.ndarray], o_ids: np.ndarray, acts: np.ndarray) -> list[np.ndarray]:
+        """Token ids [transition(obs, a_0, r0^, v), ..., observation^_L] for the committed ``acts`` from
+        observation tokens ``o_ids`` after context ``ctx``: the model's median predictions."""
+        if not len(acts):
+            return [o_ids]
+        model, n, o, a = self.planner.model, self.disc.n_bins, self.obs_dim, self.act_dim
+        off = self._offsets
+        stream = TokenStream(model)
+        logits = stream.feed([int(x) for x in np.concatenate([*ctx, o_ids])])
+        out, cur = [], o_ids
+        for act in acts:
+            a_ids = self.disc.encode_dims(act.astype(np.float64), o, o + a) + off[o:o + a]
+            logits = stream.feed([int(x) for x in a_ids])
+            r_id = pick_bin(logits, n, "median") + off[o + a]
+            stream.feed([int(r_id)])
+            v_id = n - 1 + off[o + a + 1]  # the context's value placeholder (masked out of attention)
+            logits = stream.feed([int(v_id)])
+            nxt = []
+            for j in range(o):
+                nxt.append(pick_bin(logits, n, "median") + off[j])
+                logits = stream.feed([int(nxt[-1])])
+            out.append(np.concatenate([cur, a_ids, [r_id, v_id]]))
+            cur = np.asarray(nxt, dtype=np.int64)
+        return [*out, cur]
+
     def act(self, observation: np.ndarray, reward: float | None = None) -> np.ndarray:
         t0 = time.perf_counter()
         obs = check_observation(observation, self.obs_dim)
-        if self._pending is not None:
-            if reward is None:
-                raise ValueError("reward for the previous action is required after the first step of an episode")
-            if not np.isfinite(reward):
-                raise ValueError(f"reward must be finite, got {reward}")
-            prev_obs, prev_act = self._pending
-            self._context.append(self._tokenise_transition(prev_obs, prev_act, float(reward)))
+        self._close_pending(reward)
         if self.config.mode == "goal" and self._goal is None:
             raise ValueError("mode 'goal' needs a goal: call reset(goal=observation)")
         replan = (self.last_plan is None or self._t % self.config.plan_freq == 0

@@ -77,8 +77,12 @@ def evaluate_checkpoint(checkpoint: str | Path, env: str | None = None, episodes
                         seeds: tuple[int, ...] = (0,), max_steps: int | None = None, device: str = "cpu",
                         policy_options: dict[str, Any] | None = None, reset_options: dict[str, Any] | None = None,
                         video: str | Path | None = None, video_size: tuple[int, int] = (320, 240),
-                        progress: bool = True) -> EvalResult:
-    """Evaluate a checkpoint for ``episodes`` episodes per seed. ``env`` defaults to the checkpoint's env_id."""
+                        progress: bool = True, latency_steps: int = 0, catch_up: bool = True,
+                        compensate: bool = False) -> EvalResult:
+    """Evaluate a checkpoint for ``episodes`` episodes per seed. ``env`` defaults to the checkpoint's env_id.
+    ``latency_steps`` > 0: every plan takes that many whole control periods, as for a realtime robot that does
+    not wait (:class:`~ros_seqplanner.policies.latency.LatencyPolicy`; ``catch_up`` as the node's
+    ``catch_up_context``; ``compensate``: a TT plans for the state predicted ``latency_steps`` ahead)."""
     from tqdm import tqdm
 
     from ros_seqplanner.data.scores import SCORE_LABEL, normalized_score
@@ -87,6 +91,10 @@ def evaluate_checkpoint(checkpoint: str | Path, env: str | None = None, episodes
 
     kind = checkpoint_kind(checkpoint)
     policy = load_policy(checkpoint, device=device, **(policy_options or {}))
+    if latency_steps:
+        from ros_seqplanner.policies.latency import LatencyPolicy
+
+        policy = LatencyPolicy(policy, latency_steps, catch_up, compensate)
     env_id = canonical_env_id(env or _policy_env_id(policy, checkpoint))
     if video is not None:
         check_video_path(video)
@@ -100,8 +108,11 @@ def evaluate_checkpoint(checkpoint: str | Path, env: str | None = None, episodes
                      config={"episodes_per_seed": episodes, "seeds": list(seeds), "max_steps": max_steps,
                              "device": device, "policy_options": policy_options or {},
                              "reset_options": reset_options or {}, "score_label": SCORE_LABEL})
-    if isinstance(getattr(policy, "config", None), PlannerConfig):  # what a TT planned with, all fields
-        res.config["planner"] = policy.config.to_dict()
+    if latency_steps:
+        res.config.update(latency_steps=int(latency_steps), catch_up=bool(catch_up), compensate=bool(compensate))
+    inner = getattr(policy, "inner", policy)
+    if isinstance(getattr(inner, "config", None), PlannerConfig):  # what a TT planned with, all fields
+        res.config["planner"] = inner.config.to_dict()
     all_lat = []
     frames: list | None = [] if video is not None else None
     bar = tqdm(total=episodes * len(seeds), desc=f"evaluate {kind}", unit="ep", disable=not progress)

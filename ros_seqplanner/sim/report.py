@@ -150,7 +150,18 @@ def parse_eval_result(result: dict[str, Any], source: str) -> EvalRow:
                    target_return=None if target is None else float(target),
                    checkpoint_choice=str(result.get("checkpoint_choice", "last")), act_ms=act,
                    note=str(result.get("note", "")), device=str(config.get("device", "cpu")),
-                   options={k: v for k, v in (config.get("policy_options") or {}).items() if k != "target_return"})
+                   options=_row_options(config))
+
+
+def _row_options(config: dict[str, Any]) -> dict[str, Any]:
+    """What the row's name shows: the policy options, and a modelled planning latency (evaluate --latency-steps)."""
+    opts = {k: v for k, v in (config.get("policy_options") or {}).items() if k != "target_return"}
+    if config.get("latency_steps"):
+        opts["latency_steps"] = int(config["latency_steps"])
+        opts["catch_up"] = "yes" if config.get("catch_up", True) else "no"
+        if config.get("compensate"):
+            opts["compensate"] = "yes"
+    return opts
 
 
 def pool_rows(parts: list[EvalRow], source: str, top: dict[str, Any]) -> EvalRow:
@@ -238,7 +249,10 @@ def eval_table(rows: list[EvalRow]) -> list[str]:
 
 
 def latency_lines(rows: list[EvalRow]) -> list[str]:
-    """Per-step action latency (ms) of every row that reports it (one line per run of a pooled row); TT first."""
+    """Per-step action latency (ms) of every row that reports it (one line per run of a pooled row); TT first.
+    Rows with a modelled planning latency (``latency_steps``) are left out: most of their steps only follow a
+    plan, so their per-step time is not a planning latency."""
+    rows = [r for r in rows if "latency_steps" not in r.options]
     have = [(r, a, n, seeds) for r in sorted(rows, key=_row_sort_key)
             for a, n, seeds in (r.act_runs or ([(r.act_ms, int(r.lengths.sum()), r.seeds)]
                                                if "act_ms_p50" in r.act_ms else []))]
