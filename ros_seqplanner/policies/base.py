@@ -58,6 +58,15 @@ def check_observation(observation: np.ndarray, obs_dim: int) -> np.ndarray:
     return obs
 
 
+def check_action(action: np.ndarray, act_dim: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Validate an executed action reported to a policy (``observe`` / ``correct_last_action``): ``act_dim``
+    finite values, clipped into [low, high] as the policy's own actions are. Raises ValueError with the reason."""
+    a = np.asarray(action, dtype=np.float32).reshape(-1)
+    if a.shape != (act_dim,) or not np.all(np.isfinite(a)):
+        raise ValueError(f"action must be {act_dim} finite values, got {np.asarray(action).tolist()}")
+    return np.clip(a, low, high)
+
+
 def obs_normaliser(obs_mean: np.ndarray, obs_std: np.ndarray, obs_dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Validated float32 (mean, std) of length ``obs_dim`` for state normalisation (std > 0)."""
     mean = np.asarray(obs_mean, dtype=np.float32).reshape(obs_dim)

@@ -19,7 +19,7 @@ import torch
 
 from ros_seqplanner.nets.checkpoint import CheckpointError
 from ros_seqplanner.nets.dt import DecisionTransformer, DTStepper, load_dt
-from ros_seqplanner.policies.base import PolicyTimings, check_observation, obs_normaliser
+from ros_seqplanner.policies.base import PolicyTimings, check_action, check_observation, obs_normaliser
 
 
 class DTPolicy:
@@ -93,10 +93,7 @@ class DTPolicy:
         self._packed[0, :self.act_dim] = a
 
     def _check_action(self, action: np.ndarray) -> np.ndarray:
-        a = np.asarray(action, dtype=np.float32).reshape(-1)
-        if a.shape != (self.act_dim,) or not np.all(np.isfinite(a)):
-            raise ValueError(f"action must be {self.act_dim} finite values, got {np.asarray(action).tolist()}")
-        return np.clip(a, self.action_low, self.action_high)
+        return check_action(action, self.act_dim, self.action_low, self.action_high)
 
     def _step(self, obs: np.ndarray, reward: float | None) -> np.ndarray:
         """Advance one timestep on a validated observation; returns the model's action."""

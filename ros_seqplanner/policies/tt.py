@@ -27,7 +27,7 @@ from ros_seqplanner.nets.tt import TrajectoryTransformer, load_tt
 from ros_seqplanner.planning.beam import BeamPlanner, Plan, PlannerConfig
 from ros_seqplanner.planning.presets import BASE, checkpoint_planner
 from ros_seqplanner.planning.rollout import TokenStream, pick_bin
-from ros_seqplanner.policies.base import PolicyTimings, check_observation
+from ros_seqplanner.policies.base import PolicyTimings, check_action, check_observation
 
 
 class TTPolicy:
@@ -130,10 +130,7 @@ class TTPolicy:
         self._context.append(self._tokenise_transition(prev_obs, prev_act, float(reward)))
 
     def _check_action(self, action: np.ndarray) -> np.ndarray:
-        a = np.asarray(action, dtype=np.float32).reshape(-1)
-        if a.shape != (self.act_dim,) or not np.all(np.isfinite(a)):
-            raise ValueError(f"action must be {self.act_dim} finite values, got {np.asarray(action).tolist()}")
-        return np.clip(a, self.action_low, self.action_high)
+        return check_action(action, self.act_dim, self.action_low, self.action_high)
 
     def correct_last_action(self, action: np.ndarray) -> None:
         """The robot executed ``action`` after the latest observation, not the one :meth:`act` returned (a
