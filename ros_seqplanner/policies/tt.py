@@ -164,6 +164,8 @@ class TTPolicy:
         acts = np.asarray(committed, dtype=np.float32).reshape(-1, self.act_dim) if np.size(committed) else \
             np.zeros((0, self.act_dim), np.float32)
         acts = np.stack([self._check_action(a) for a in acts]) if len(acts) else acts
+        if len(acts) and self.planner.model.cfg.goal_conditioned:
+            raise ValueError("act_ahead predicts with the model, which needs a TT without goal conditioning")
         self._close_pending(reward)
         if self.config.mode == "goal" and self._goal is None:
             raise ValueError("mode 'goal' needs a goal: call reset(goal=observation)")
