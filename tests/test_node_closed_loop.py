@@ -199,6 +199,13 @@ def test_demo_passes_its_thread_count_to_the_node():
         assert values["torch_threads"] == threads  # the node sets it in on_configure
     args = build_parser().parse_args(["demo", "--obs-bounds", "1:-1:1"])
     assert {p.name: p.value for p in demo.planner_overrides(args, "models/x")}["obs_bounds"] == "1:-1:1"
+    budgets = {}
+    for extra in ([], ["--mode", "realtime"], ["--mode", "realtime", "--time-budget-ms", "0"],
+                  ["--time-budget-ms", "12.5"]):
+        args = build_parser().parse_args(["demo", *extra])
+        budgets[" ".join(extra)] = {p.name: p.value for p in demo.planner_overrides(args, "models/x")}["time_budget_ms"]
+    assert budgets == {"": 0.0, "--mode realtime": pytest.approx(35.0), "--mode realtime --time-budget-ms 0": 0.0,
+                       "--time-budget-ms 12.5": 12.5}  # realtime: 0.7 of HalfCheetah's 50 ms period
 
 
 def test_demo_without_checkpoint_explains(monkeypatch, tmp_path):

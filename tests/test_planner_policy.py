@@ -189,6 +189,18 @@ def test_act_ahead_plans_from_the_models_prediction_of_the_committed_steps():
         pol.act_ahead(s1, 0.0, np.array([[np.nan, 0.0]]))
 
 
+def test_time_budget_shortens_the_plan_not_the_first_action():
+    model, disc, cfg = make(horizon=3, time_budget_ms=1e-6)  # spent before the first transition ends
+    pol = TTPolicy(model, disc, cfg)
+    a = pol.act(np.zeros(OD), None)
+    assert pol.last_plan.actions.shape == (1, AD) and pol.timings.extra["horizon_planned"] == 1
+    np.testing.assert_array_equal(a, np.clip(pol.last_plan.actions[0], -1, 1).astype(np.float32))
+    model, disc, cfg = make(horizon=3, time_budget_ms=60_000.0)
+    pol = TTPolicy(model, disc, cfg)
+    pol.act(np.zeros(OD), None)
+    assert pol.last_plan.actions.shape == (3, AD) and pol.timings.extra["horizon_planned"] == 3
+
+
 def test_bad_inputs_raise_clear_errors():
     model, disc, cfg = make()
     pol = TTPolicy(model, disc, cfg)

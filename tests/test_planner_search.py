@@ -3,6 +3,8 @@ identical plans in every mode, on several random models and contexts. Plus the s
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -486,3 +488,29 @@ def test_exact_score_ties_go_to_the_lower_index():
     for plan in plans:
         np.testing.assert_array_equal(plan.tokens, ref.numpy())
         assert plan.score == pytest.approx(ref_score, abs=1e-6)
+
+
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
+def test_time_budget_cuts_the_horizon_and_equals_the_shorter_plan(kernel):
+    """A deadline that has passed stops the search after its first transition: the plan then equals the plan
+    with horizon 1 (same uniforms, same selection); a deadline far away changes nothing; PlannerConfig
+    rejects a negative budget. The C loop and the torch loop cut at the same place."""
+    model, disc = make_model(31, max_transitions=6)
+    cfg = PlannerConfig(horizon=4, beam_width=4, n_expand=2, max_context_transitions=2)
+    prefix = random_prefix(model.cfg, 2, 31)
+    planner = BeamPlanner(model, disc, cfg, kernel=kernel)
+    if kernel == "auto" and ckernel.load_kernel() is not None:
+        assert planner.kernel == "c"
+    full = planner.plan(prefix, torch.Generator().manual_seed(3))
+    late = planner.plan(prefix, torch.Generator().manual_seed(3), deadline=time.monotonic() + 3600.0)
+    np.testing.assert_array_equal(late.tokens, full.tokens)
+    assert planner.last_stats["horizon_planned"] == 4
+    cut = planner.plan(prefix, torch.Generator().manual_seed(3), deadline=time.monotonic() - 1.0)
+    assert planner.last_stats["horizon_planned"] == 1 and cut.tokens.shape == (1, model.cfg.transition_dim)
+    short = BeamPlanner(model, disc, PlannerConfig(**{**cfg.to_dict(), "horizon": 1}), kernel=kernel)
+    ref = short.plan(prefix, torch.Generator().manual_seed(3))
+    np.testing.assert_array_equal(cut.tokens, ref.tokens)
+    assert cut.score == pytest.approx(ref.score, rel=1e-6)
+    assert not np.array_equal(full.tokens[:1], ref.tokens) or full.score != pytest.approx(ref.score)
+    with pytest.raises(ValueError, match="time_budget_ms"):
+        PlannerConfig(time_budget_ms=-1.0)

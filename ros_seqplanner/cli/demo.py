@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{name}", type=int, default=0, help=f"TT {name} (0 = preset default)")
     p.add_argument("--obs-bounds", default="", help="TT state constraint on predicted observations, 'DIM:LO:HI,...' "
                    "(e.g. 1:-1:1: body pitch within +-1 rad; '' = none)")
+    p.add_argument("--time-budget-ms", type=float, default=None,
+                   help="TT: no plan transition starts after this much wall time; the plan then has a shorter "
+                   "horizon (default: none in lockstep, 0.7 of the env period in realtime; 0 = no budget)")
     p.add_argument("--target-return", type=float, default=0.0, help="DT target return (0 = checkpoint default)")
     p.add_argument("--histogram", default="seqplanner_demo_latency.png", help="latency histogram PNG path")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
@@ -100,11 +103,13 @@ def planner_overrides(args: argparse.Namespace, checkpoint: str) -> list[Any]:
     period = PERIODS[args.env]
     realtime = args.mode == "realtime"
     deadline = args.deadline_ms if args.deadline_ms is not None else (period * 1000.0 if realtime else 0.0)
+    budget = args.time_budget_ms if args.time_budget_ms is not None else (0.7 * period * 1000.0 if realtime else 0.0)
     values = {"checkpoint": checkpoint, "planner": args.planner, "device": args.device, "env": args.env,
               "publish_on": "tick" if realtime else "new_state", "control_rate_hz": 1.0 / period,
               "deadline_ms": float(deadline), "fallback": args.fallback, "stale_timeout_s": 30.0,
               "reward_wait_ms": 50.0, "preset": args.preset, "horizon": args.horizon, "beam_width": args.beam_width,
               "n_expand": args.n_expand, "plan_freq": args.plan_freq, "obs_bounds": args.obs_bounds,
+              "time_budget_ms": float(budget),
               "target_return": float(args.target_return),
               "torch_threads": args.threads}
     return [Parameter(k, value=v) for k, v in values.items()]

@@ -40,6 +40,9 @@ PLANNER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("mode", "", "TT search mode ('' = preset default)", choices=("", "reward", "imitation", "goal")),
     ParamSpec("obs_bounds", "", "TT state constraint 'DIM:LO:HI,...' on predicted observations: plans that stay "
               "inside win (e.g. '1:-1:1' keeps halfcheetah's body pitch within +-1 rad; '' = none)"),
+    ParamSpec("time_budget_ms", 0.0, "TT: a plan whose wall time (from the start of the policy call) reaches this "
+              "budget starts no further transition and returns the best of the transitions done, as a shorter "
+              "horizon would (0 = no budget)", range=(0.0, 600000.0)),
     ParamSpec("target_return", 0.0, "DT target return at episode start (0 = the checkpoint's default)",
               range=(-1e7, 1e7), read_only=False),
     # timing

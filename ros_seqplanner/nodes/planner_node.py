@@ -295,7 +295,7 @@ class PlannerNode(LifecycleNode):
         kind = checkpoint_kind(ckpt)
         if planner != "auto" and kind is not None and kind != planner:
             raise ValueError(f"checkpoint {ckpt!r} is a {kind!r} model but planner={planner!r}")
-        keys = ("preset", "horizon", "beam_width", "n_expand", "plan_freq", "mode", "obs_bounds")
+        keys = ("preset", "horizon", "beam_width", "n_expand", "plan_freq", "mode", "obs_bounds", "time_budget_ms")
         options = {k: self.p(k) for k in keys if self.p(k) not in ("", 0)}
         if self.p("torch_threads"):
             import torch
@@ -654,6 +654,9 @@ class PlannerNode(LifecycleNode):
         act_ms = (time.perf_counter() - t0) * 1000.0
         if getattr(getattr(self.policy, "last_plan", None), "violations", 0):
             self.counters["steps_plan_out_of_bounds"] += 1  # TT obs_bounds: no plan in the beam stayed inside
+        planned_h = (getattr(getattr(self.policy, "timings", None), "extra", None) or {}).get("horizon_planned")
+        if planned_h is not None and planned_h < getattr(getattr(self.policy, "config", None), "horizon", 0):
+            self.counters["plans_cut"] += 1  # TT time_budget_ms: a shorter horizon than configured
         self.plan_latency.add(act_ms)
         self._note_act_time(act_ms)
         self._episode_steps += 1

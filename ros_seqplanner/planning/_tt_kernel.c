@@ -29,6 +29,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define TTK_AVX2 1
@@ -677,7 +678,15 @@ typedef struct {
     float *out_score;         /* its score */
     const int64_t *obs_lo, *obs_hi; /* (O,) lowest / highest in-bounds bin per observation dim; NULL: no bounds */
     int32_t *out_viol;        /* the best beam's count of predicted observation bins out of bounds */
+    double deadline;          /* CLOCK_MONOTONIC seconds: stop after the first transition that ends past it (0: none) */
+    int32_t *out_h;           /* transitions planned: H, or fewer when the deadline cut the search */
 } ttk_plan_args;
+
+static double monotonic_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 int ttk_plan_args_size(void) { return (int)sizeof(ttk_plan_args); }
 
@@ -832,7 +841,7 @@ int ttk_plan(const ttk_ctx *c, const ttk_plan_args *a) {
     float *crew = rhat + B, *rew = crew + (size_t)B * R, *rew2 = rew + (size_t)W * R, *score = rew2 + (size_t)W * R;
     int64_t *tok = i64, *st = tok + B, *bins = st + (size_t)B * ST, *bins2 = bins + (size_t)W * H * D;
     int64_t *win = bins2 + (size_t)W * H * D;
-    int pos = a->pos0, hist = 0;
+    int pos = a->pos0, hist = 0, done = H;
 
     memset(bins, 0, sizeof(int64_t) * (size_t)W * H * D);
     memset(rew, 0, sizeof(float) * (size_t)W * R);
@@ -895,6 +904,10 @@ int ttk_plan(const ttk_ctx *c, const ttk_plan_args *a) {
         { float *x = rew; rew = rew2; rew2 = x; }
         { int *x = viol; viol = viol2; viol2 = x; }
         if (t == H - 1) break;
+        if (a->deadline > 0.0 && monotonic_s() >= a->deadline) { /* a plan of t + 1 transitions, as with H = t + 1 */
+            done = t + 1;
+            break;
+        }
         if (ttk_merge(c, win, W, hist, A + 1) != 0) { /* the winners' ancestry and step tokens */
             free(lg); free(i64); free(sel); free(keep); free(vbuf);
             return -1;
@@ -924,6 +937,7 @@ int ttk_plan(const ttk_ctx *c, const ttk_plan_args *a) {
     memcpy(a->out_bins, bins + (size_t)best * H * D, sizeof(int64_t) * H * D);
     *a->out_score = score[best];
     if (a->out_viol) *a->out_viol = viol[best];
+    if (a->out_h) *a->out_h = done;
     free(lg); free(i64); free(sel); free(keep); free(vbuf);
     return 0;
 }

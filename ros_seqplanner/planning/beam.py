@@ -50,6 +50,7 @@ reproduces the same plan from the same seed.
 
 from __future__ import annotations
 
+import math
 import time
 import typing
 from dataclasses import asdict, dataclass, fields
@@ -140,6 +141,9 @@ class PlannerConfig:
     plan_freq: int = 1
     mode: str = "reward"
     obs_bounds: str | None = None
+    # Not in the reference: a plan whose wall time reaches this budget (from the policy's act() call) starts no
+    # further transition and returns the best beam of those done (at least one), as a shorter horizon would.
+    time_budget_ms: float = 0.0  # 0: no budget
 
     def __post_init__(self) -> None:
         for name in ("horizon", "beam_width", "n_expand", "plan_freq"):
@@ -156,6 +160,8 @@ class PlannerConfig:
         if self.k_obs != 1 or self.cdf_obs is not None:
             raise ValueError("only greedy observation decoding is supported (k_obs=1, cdf_obs=None), "
                              "as in every official preset")
+        if not (self.time_budget_ms >= 0.0 and math.isfinite(self.time_budget_ms)):
+            raise ValueError(f"time_budget_ms must be >= 0 (0: none), got {self.time_budget_ms}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         parse_obs_bounds(self.obs_bounds)
@@ -299,9 +305,12 @@ class BeamPlanner:
 
     # ------------------------------------------------------------------------------------------ planning
     @torch.inference_mode()
-    def plan(self, prefix: torch.Tensor, generator: torch.Generator, goal: torch.Tensor | None = None) -> Plan:
+    def plan(self, prefix: torch.Tensor, generator: torch.Generator, goal: torch.Tensor | None = None,
+             deadline: float | None = None) -> Plan:
         """Plan from ``prefix`` (T0,) global token ids ending with the current observation's O tokens.
-        ``goal`` (O,) global ids of the goal observation (mode 'goal'). Returns the best :class:`Plan`."""
+        ``goal`` (O,) global ids of the goal observation (mode 'goal'). ``deadline``: a ``time.monotonic()``
+        time after which no further transition is started; the plan then has fewer than ``horizon`` rows and
+        equals the plan with that shorter horizon. Returns the best :class:`Plan`."""
         cfg, mc = self.config, self.model.cfg
         t_start = time.perf_counter()
         prefix = self.check_prefix(prefix)
@@ -325,10 +334,11 @@ class BeamPlanner:
         discounts = cfg.discount ** torch.arange(h_steps + 1, device=dev, dtype=torch.float32)
         if isinstance(dec, CBeamDecoder):  # the same loop as below, in C: no Python between tokens
             best, best_score, n_viol = dec.plan(pre.last_logits, first_obs, u, discounts, (self._mid_r, self._mid_v),
-                                                prefix.numel(), w, e, cfg.cdf_act, cfg.k_act, logp_mode, self._bounds)
+                                                prefix.numel(), w, e, cfg.cdf_act, cfg.k_act, logp_mode, self._bounds,
+                                                deadline)
             plan = decode_plan(best, best_score, self.disc, o, a, n_viol)
             self.last_stats = {"plan_ms": (time.perf_counter() - t_start) * 1e3,
-                               "context_tokens": float(prefix.numel())}
+                               "context_tokens": float(prefix.numel()), "horizon_planned": float(len(best))}
             return plan
         expand_idx = torch.arange(w, device=dev).repeat_interleave(e)  # candidate -> parent beam
         bins = torch.zeros(w, h_steps, d, dtype=torch.long, device=dev)
@@ -381,6 +391,9 @@ class BeamPlanner:
                 rewards = cand_rewards.index_select(0, top)
             if t == h_steps - 1:
                 break
+            if deadline is not None and time.monotonic() >= deadline:  # as if horizon = t + 1
+                bins = bins[:, :t + 1]
+                break
             # ---- next observation, greedy, at beam width
             dec.merge(parent, top, hist_len, a + 1)
             hist_len += a + 1
@@ -401,7 +414,8 @@ class BeamPlanner:
                 viol = viol + ((nxt < lo_bin) | (nxt > hi_bin)).sum(1)
         best = int(keep_order(score, viol)[0])
         plan = decode_plan(bins[best], score[best], self.disc, o, a, 0 if viol is None else int(viol[best]))
-        self.last_stats = {"plan_ms": (time.perf_counter() - t_start) * 1e3, "context_tokens": float(prefix.numel())}
+        self.last_stats = {"plan_ms": (time.perf_counter() - t_start) * 1e3, "context_tokens": float(prefix.numel()),
+                           "horizon_planned": float(bins.shape[1])}
         return plan
 
 

@@ -61,7 +61,7 @@ class _PlanArgs(ctypes.Structure):
     _fields_ = [("H", _i), ("W", _i), ("E", _i), ("A", _i), ("O", _i), ("logp", _i), ("use_cdf", _i), ("topk", _i),
                 ("cdf", ctypes.c_float), ("pos0", _i), ("u", _p), ("disc", _p), ("mid_r", _p), ("mid_v", _p),
                 ("logits0", _p), ("first_obs", _p), ("out_bins", _p), ("out_score", _p), ("obs_lo", _p),
-                ("obs_hi", _p), ("out_viol", _p)]
+                ("obs_hi", _p), ("out_viol", _p), ("deadline", ctypes.c_double), ("out_h", _p)]
 
 
 def cache_dir() -> Path:
@@ -338,11 +338,14 @@ class CBeamDecoder:
     def plan(self, last_logits: torch.Tensor, first_obs: torch.Tensor, u: torch.Tensor, discounts: torch.Tensor,
              mids: tuple[torch.Tensor, torch.Tensor], pos0: int, beams: int, expand: int,
              cdf: float | None, topk: int | None, logp: bool,
-             bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, float, int]:
+             bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+             deadline: float | None = None) -> tuple[torch.Tensor, float, int]:
         """The whole beam search in one call (``ttk_plan``; the same algorithm as ``BeamPlanner.plan``), after
         :meth:`set_prefix` and :meth:`allocate`. ``u`` (H, W*E, A) uniforms, ``discounts`` (H+1,), ``mids`` the
-        reward / value bin midpoints, ``bounds`` the (O,) lowest / highest in-bounds observation bins (or None).
-        Returns the best beam's (H, D) bins, its score and its count of out-of-bounds predicted bins."""
+        reward / value bin midpoints, ``bounds`` the (O,) lowest / highest in-bounds observation bins (or None),
+        ``deadline`` a ``time.monotonic()`` time after which no further transition is started (None: none).
+        Returns the best beam's (h, D) bins (h = H, or fewer after the deadline), its score and its count of
+        out-of-bounds predicted bins."""
         cfg = self.cfg
         h, a_dim, o = u.shape[0], cfg.act_dim, cfg.obs_dim
         if self._shape is None or self._shape[:2] != (beams, expand) or self._shape[3] != a_dim + 1:
@@ -365,11 +368,11 @@ class CBeamDecoder:
             if any(x.shape != (o,) for x in lo_hi) or bool((lo_hi[0] > lo_hi[1]).any()):
                 raise ValueError("plan: bounds must be two (O,) bin tensors with lo <= hi")
         out = torch.zeros(h, self.D, dtype=torch.long)
-        score, viol = ctypes.c_float(), ctypes.c_int32()
+        score, viol, done = ctypes.c_float(), ctypes.c_int32(), ctypes.c_int32()
         args = _PlanArgs(h, beams, expand, a_dim, o, int(logp), int(cdf is not None), int(topk or 0),
                          float(cdf or 0.0), pos0, *(x.data_ptr() for x in ins), first_obs.data_ptr(), out.data_ptr(),
                          ctypes.addressof(score), *(None if x is None else x.data_ptr() for x in lo_hi),
-                         ctypes.addressof(viol))
+                         ctypes.addressof(viol), float(deadline or 0.0), ctypes.addressof(done))
         if self.lib.ttk_plan(self._ctx_p, ctypes.byref(args)) != 0:
             raise MemoryError("ttk_plan: out of memory")
-        return out, float(score.value), int(viol.value)
+        return out[:done.value], float(score.value), int(viol.value)

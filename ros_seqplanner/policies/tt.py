@@ -118,6 +118,11 @@ class TTPolicy:
         bins = np.append(bins, self.disc.n_bins - 1)  # value placeholder (official: 1e6 -> top bin)
         return bins + self._offsets
 
+    def _deadline(self, t0: float) -> float | None:
+        """``time.monotonic()`` deadline of a plan started by the act call at ``t0`` (perf_counter), or None."""
+        budget = self.config.time_budget_ms
+        return None if budget <= 0 else time.monotonic() + budget / 1e3 - (time.perf_counter() - t0)
+
     def _close_pending(self, reward: float | None) -> None:
         """Append the pending (observation, executed action) with ``reward`` to the context."""
         if self._pending is None:
@@ -173,7 +178,7 @@ class TTPolicy:
         o_ids = self.disc.encode_dims(obs, 0, self.obs_dim) + self._offsets[:self.obs_dim]
         predicted = self._predict_transitions(ctx, o_ids, acts)
         prefix = torch.as_tensor(np.concatenate([*ctx, *predicted]).astype(np.int64))
-        self.last_plan = self.planner.plan(prefix, self._gen, self._goal)
+        self.last_plan = self.planner.plan(prefix, self._gen, self._goal, self._deadline(t0))
         self._plan_idx = 0
         action = np.clip(self.last_plan.actions[0], self.action_low, self.action_high).astype(np.float32)
         self._pending = (obs, acts[0] if len(acts) else action)
@@ -218,7 +223,7 @@ class TTPolicy:
                   or self._plan_idx + 1 >= len(self.last_plan.actions))
         if replan:
             prefix = torch.as_tensor(self.context_tokens(obs))
-            self.last_plan = self.planner.plan(prefix, self._gen, self._goal)
+            self.last_plan = self.planner.plan(prefix, self._gen, self._goal, self._deadline(t0))
             self._plan_idx = 0
         else:
             self._plan_idx += 1
