@@ -31,7 +31,7 @@ from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from launch_ros.substitutions import FindPackageShare
 
-from ros_seqplanner.cli.demo import DEFAULT_MODELS
+from ros_seqplanner.cli.demo import DEFAULT_MODELS, PERIODS
 
 PACKAGE = "ros_seqplanner"
 
@@ -82,7 +82,10 @@ def generate_launch_description() -> LaunchDescription:
             {"checkpoint": LaunchConfiguration("checkpoint"), "planner": LaunchConfiguration("planner"),
              "device": LaunchConfiguration("device"), "env": LaunchConfiguration("env"), "autostart": False,
              "publish_on": PythonExpression(["'new_state' if '", LaunchConfiguration("mode"),
-                                             "' == 'lockstep' else 'tick'"])},
+                                             "' == 'lockstep' else 'tick'"]),
+             # realtime: a TT plan gets 0.7 of the env's period (as `seqplanner demo --mode realtime`)
+             "time_budget_ms": PythonExpression([f"700.0 * {PERIODS!r}['", LaunchConfiguration("env"), "'] if '",
+                                                 LaunchConfiguration("mode"), "' == 'realtime' else 0.0"])},
         ],
     )
     autostart = IfCondition(LaunchConfiguration("autostart"))

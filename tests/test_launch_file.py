@@ -45,6 +45,18 @@ def test_default_checkpoint_follows_env():
         assert eval(repr(DEFAULT_MODELS) + m.group(1) + env + m.group(2), {}) == name
 
 
+def test_realtime_time_budget_follows_env_and_mode():
+    from ros_seqplanner.cli.demo import PERIODS
+
+    m = re.search(r'"time_budget_ms": PythonExpression\(\[f"(.*?)", LaunchConfiguration\("env"\), "(.*?)",\s*'
+                  r'LaunchConfiguration\("mode"\), "(.*?)"\]\)', LAUNCH.read_text())
+    assert m
+    for env, period in PERIODS.items():
+        for mode, want in (("realtime", 700.0 * period), ("lockstep", 0.0)):
+            expr = m.group(1).replace("{PERIODS!r}", repr(PERIODS)) + env + m.group(2) + mode + m.group(3)
+            assert eval(expr, {}) == pytest.approx(want)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("launch_ros") is None or importlib.util.find_spec("launch") is None,
                     reason="launch / launch_ros are not installed (ROS 2 installation only)")
 def test_generate_launch_description():
