@@ -59,7 +59,7 @@ from ros_seqplanner.nodes.obs_layout import (
     parse_name_map,
 )
 from ros_seqplanner.nodes.params import PLANNER_PARAMS, ParamSpec, check_value
-from ros_seqplanner.policies.base import plan_from_policy
+from ros_seqplanner.policies.base import catch_up, plan_from_policy
 from ros_seqplanner.policies.safety import SafetyConfig, SafetyFilter, validate_state
 
 # state: latest wins, never queued; commands: reliable, depth 1 (forward_command_controller's default
@@ -679,17 +679,12 @@ class PlannerNode(LifecycleNode):
         robot still followed the previous one); every later entry is a state skipped while the policy
         planned, passed with its reward and executed command. Policies without ``observe`` /
         ``correct_last_action`` (BC, the behaviour policy: memoryless) are not told."""
-        observe = getattr(self.policy, "observe", None)
-        correct = getattr(self.policy, "correct_last_action", None)
-        if not steps or observe is None or correct is None:
+        if not steps:
             return
+        executed = next((action for e_seq, _, _, action in steps if e_seq == planned), None)
+        skipped = [(obs, reward, action) for e_seq, obs, reward, action in steps if e_seq != planned]
         try:
-            for e_seq, obs, reward, action in steps:
-                if e_seq == planned:
-                    correct(action)
-                else:
-                    observe(obs, reward, action)
-                    self.counters["observed_states"] += 1
+            self.counters["observed_states"] += catch_up(self.policy, executed, skipped)
         except Exception as e:  # the context misses a step; planning goes on
             self.counters["catch_up_errors"] += 1
             self.get_logger().warning(f"context catch-up failed: {type(e).__name__}: {e}",

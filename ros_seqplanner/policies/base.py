@@ -58,6 +58,23 @@ def check_observation(observation: np.ndarray, obs_dim: int) -> np.ndarray:
     return obs
 
 
+def catch_up(policy: Any, executed: np.ndarray | None,
+             skipped: list[tuple[np.ndarray, float | None, np.ndarray]]) -> int:
+    """Tell a policy with a context what happened since its last plan: ``executed``, the action run at the state
+    it planned for (None: not known), and ``skipped``, the (observation, reward, action) of each later state it
+    was not asked about, in order. Returns how many skipped states it was told; a policy without
+    ``correct_last_action`` / ``observe`` (BC, the behaviour policy: memoryless) is told nothing (0)."""
+    correct = getattr(policy, "correct_last_action", None)
+    observe = getattr(policy, "observe", None)
+    if correct is None or observe is None:
+        return 0
+    if executed is not None:
+        correct(executed)
+    for obs, reward, action in skipped:
+        observe(obs, reward, action)
+    return len(skipped)
+
+
 def check_action(action: np.ndarray, act_dim: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """Validate an executed action reported to a policy (``observe`` / ``correct_last_action``): ``act_dim``
     finite values, clipped into [low, high] as the policy's own actions are. Raises ValueError with the reason."""

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ros_seqplanner.policies.base import PolicyTimings, check_observation, plan_from_policy
+from ros_seqplanner.policies.base import PolicyTimings, catch_up, check_observation, plan_from_policy
 
 
 class LatencyPolicy:
@@ -97,11 +97,7 @@ class LatencyPolicy:
 
     def _tell_inner(self) -> None:
         """Before a plan: the action executed at the previous plan's state and the states skipped since."""
-        correct = getattr(self.inner, "correct_last_action", None)
-        observe = getattr(self.inner, "observe", None)
-        if not self.catch_up or not self.latency_steps or not self._trace or correct is None or observe is None:
-            return  # (BC and the behaviour policy keep no context)
+        if not self.catch_up or not self.latency_steps or not self._trace:
+            return
         (_, _, _, executed), *skipped = self._trace
-        correct(executed)
-        for _, obs, reward, action in skipped:
-            observe(obs, reward, action)
+        catch_up(self.inner, executed, [(obs, reward, action) for _, obs, reward, action in skipped])
