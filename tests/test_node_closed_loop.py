@@ -182,6 +182,7 @@ def test_demo_runs_bridge_process_and_reports(checkpoints, tmp_path, capsys):
     assert rc == 0, printed
     result = json.loads(out.read_text())
     assert result["length"] == 6 and np.isfinite(result["return"])
+    assert result["late_plans"] == 0 and result["plans_cut"] == 0  # lockstep: no budget, nothing is late
     from ros_seqplanner.data.scores import normalized_score
 
     assert result["normalized_score"] == pytest.approx(normalized_score("halfcheetah", result["return"]))

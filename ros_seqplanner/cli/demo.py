@@ -212,13 +212,17 @@ def run(args: argparse.Namespace) -> int:
             "node_overhead_p50_ms": planner.overhead.percentile(50),
             "node_overhead_p99_ms": planner.overhead.percentile(99),
             "planner_errors": int(planner.counters["planner_errors"]), "wall_s": wall,
+            # realtime: plans ready after their period (started at a later action) / cut by the time budget
+            "late_plans": int(planner.counters["late_plans"]), "plans_cut": int(planner.counters["plans_cut"]),
         }
         print(f"return {result['return']:.1f} over {result['length']} steps; normalised score "
               f"{result['normalized_score']:.1f} ({SCORE_LABEL})")
         overhead = (f"node overhead p50 {result['node_overhead_p50_ms']:.3f} ms, p99 "
                     f"{result['node_overhead_p99_ms']:.3f} ms; " if args.mode == "lockstep" else "")
+        late = (f"late plans {result['late_plans']}, plans cut by the time budget {result['plans_cut']}; "
+                if args.mode == "realtime" else "")
         print(f"plan latency p50 {result['plan_latency_p50_ms']:.2f} ms, p99 {result['plan_latency_p99_ms']:.2f} ms; "
-              f"deadline misses {result['deadline_misses']}; {overhead}wall {wall:.1f} s")
+              f"deadline misses {result['deadline_misses']}; {late}{overhead}wall {wall:.1f} s")
         if lat:
             save_histogram(lat, args.histogram, f"{Path(checkpoint).name} on {args.device}, {args.env} {args.mode}: "
                            f"p50 {result['plan_latency_p50_ms']:.1f} ms, p99 {result['plan_latency_p99_ms']:.1f} ms")
