@@ -63,3 +63,28 @@ def test_lockstep_topics_episode_end_and_reset(graph):
     assert wait_for(future.done, timeout=3.0) and future.result().success
     assert bridge.episode == 1 and bridge.running and bridge.steps == 0
     assert wait_for(lambda: rec["events"][-1] == {"event": "reset", "episode": 1, "seed": 6})
+
+
+def test_bridge_steps_in_the_env_action_dtype_like_evaluate(graph):
+    """A float64 command is stepped as the env's float32 action, as the in-process evaluator does: rewards
+    (HalfCheetah's control cost uses the action as given) are then bit-identical, so a ROS episode of a
+    return-conditioned DT follows the in-process one."""
+    from ros_seqplanner.sim.envs import make_env
+
+    bridge = SimBridgeNode(context=graph.context, parameter_overrides=[
+        Parameter("seed", value=5), Parameter("autostart", value=False)])
+    try:
+        bridge.start_episode()
+        command = np.array([0.1, -0.3, 0.7, 0.123456789, -0.9, 0.33])  # not exactly representable in float32
+        bridge.step(command)
+        env = make_env("HalfCheetah-v5")
+        env.reset(seed=5)
+        _, reward, *_ = env.step(command.astype(np.float32))
+        assert bridge.ret == reward
+        env.reset(seed=5)
+        _, reward64, *_ = env.step(command)  # the float64 step the bridge used to take
+        assert reward64 != reward
+        env.close()
+    finally:
+        bridge.env.close()
+        bridge.destroy_node()

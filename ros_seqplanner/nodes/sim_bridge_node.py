@@ -144,7 +144,11 @@ class SimBridgeNode(Node):
         with self._lock:
             if not self.running:
                 return
-            obs, reward, terminated, truncated, _ = self.env.step(np.clip(action, self.action_low, self.action_high))
+            # In the env's action dtype (float32), as `seqplanner evaluate` steps it: HalfCheetah's control cost is
+            # computed from the action as given, so a float64 command gave rewards 1e-7 apart and a DT's
+            # return-to-go, hence its episode, drifted from the in-process one.
+            act = np.clip(action, self.action_low, self.action_high).astype(self.env.action_space.dtype)
+            obs, reward, terminated, truncated, _ = self.env.step(act)
             self.obs = np.asarray(obs, np.float64)
             self.steps += 1
             self.t += self.dt
