@@ -278,7 +278,8 @@ def test_recorded_episode_converts_to_the_in_process_episode(recorded, checkpoin
     ds, report = bag_to_dataset(rec["bag"], env_id="HalfCheetah-v5")
     assert (len(ds), report.transitions) == (1, N_STEPS)
     ep = ds.episodes[0]
-    # the same episode in-process: same policy, same seed; actions cross ROS as float64
+    # the same episode in-process: same policy, same seed; actions cross ROS as float64 and the bridge steps the env
+    # in its float32 action dtype, as `seqplanner evaluate` does
     policy = load(checkpoints["dt"], "dt")
     policy.reset()
     env = make_env("halfcheetah", seed=SEED)
@@ -287,7 +288,7 @@ def test_recorded_episode_converts_to_the_in_process_episode(recorded, checkpoin
     for _ in range(N_STEPS):
         a = np.clip(np.asarray(policy.act(obs, reward), np.float64), -1.0, 1.0)
         rows.append((obs, a))
-        obs, reward, *_ = env.step(a)
+        obs, reward, *_ = env.step(a.astype(np.float32))
         rows[-1] += (reward,)
     np.testing.assert_array_equal(ep.observations, np.array([r[0] for r in rows], np.float32))
     np.testing.assert_array_equal(ep.actions, np.array([r[1] for r in rows], np.float32))

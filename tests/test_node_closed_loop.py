@@ -105,7 +105,7 @@ def _offline_return(path: str, options: dict, seed: int, steps: int) -> tuple[fl
     for _ in range(steps):
         a = np.clip(np.asarray(policy.act(obs, reward), np.float64), -1, 1)
         actions.append(a)
-        obs, reward, *_ = env.step(a)
+        obs, reward, *_ = env.step(a.astype(np.float32))  # as the bridge and `seqplanner evaluate` step it
         total += float(reward)
     return total, actions
 
