@@ -22,6 +22,7 @@ from std_msgs.msg import Bool, Float64, Float64MultiArray, String
 
 from ros_seqplanner.nodes.obs_layout import builtin_layout
 from ros_seqplanner.nodes.planner_node import COMMAND_QOS, EVENT_QOS, STATE_QOS, PlannerNode
+from ros_seqplanner.spinning import SpinThread
 
 CHEETAH = builtin_layout("halfcheetah")
 OBS_DIM, ACT_DIM = 17, 6
@@ -169,26 +170,20 @@ class Graph:
 
     def __init__(self, context: Any) -> None:
         self.context = context
-        self.executors: list[Any] = []
-        self.threads: list[threading.Thread] = []
+        self.spinners: list[SpinThread] = []
         self.nodes: list[Node] = []
 
     def spin(self, node: Node, multi: bool = False) -> Node:
         ex = MultiThreadedExecutor(num_threads=4, context=self.context) if multi \
             else SingleThreadedExecutor(context=self.context)
         ex.add_node(node)
-        t = threading.Thread(target=ex.spin, daemon=True)
-        t.start()
-        self.executors.append(ex)
-        self.threads.append(t)
+        self.spinners.append(SpinThread(ex).start())
         self.nodes.append(node)
         return node
 
     def close(self) -> None:
-        for ex in self.executors:
-            ex.shutdown(timeout_sec=2.0)
-        for t in self.threads:
-            t.join(timeout=2.0)
+        for spinner in self.spinners:
+            spinner.stop(timeout_s=2.0)
         for n in self.nodes:  # tear planners down once nothing spins them
             if isinstance(n, PlannerNode) and n.current_state_label() in ("active", "inactive"):
                 n.trigger_shutdown()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -156,8 +155,9 @@ class Harness:
         self.executor = MultiThreadedExecutor(num_threads=4, context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.sink)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        from ros_seqplanner.spinning import SpinThread
+
+        self.spinner = SpinThread(self.executor).start()
         assert autostart(self.node)
 
     def replay(self, bag: Path, pace: bool = True) -> Any:
@@ -180,8 +180,7 @@ class Harness:
     def close(self) -> None:
         # stop spinning before the node destroys its entities: a callback still in flight on an entity being
         # destroyed fails with "cannot use Destroyable", printed at exit as an exception never retrieved
-        self.executor.shutdown()
-        self.thread.join(timeout=5)
+        self.spinner.stop(timeout_s=5.0)
         self.node.trigger_shutdown()
         self.sink.destroy_node()
         self.node.destroy_node()

@@ -50,12 +50,12 @@ class Sink:
                 (time.monotonic(), d)), qos, raw=True)
         self.executor = SingleThreadedExecutor(context=ctx)
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        from ros_seqplanner.spinning import SpinThread
+
+        self.spinner = SpinThread(self.executor).start()
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.thread.join(timeout=5)
+        self.spinner.stop(timeout_s=5.0)
         self.node.destroy_node()
 
 

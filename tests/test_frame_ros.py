@@ -4,7 +4,6 @@ lifecycle node goes through its transitions. No mocks: a real graph in a per-tes
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import pytest
@@ -17,6 +16,8 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn  # noqa: E40
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
+
+from ros_seqplanner.spinning import SpinThread  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -104,8 +105,7 @@ def test_lifecycle_node_configure_activate_deactivate_cleanup(ros_context):
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(node)
     executor.add_node(client_node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = SpinThread(executor).start()
     change = client_node.create_client(ChangeState, "frame_lifecycle/change_state")
     get = client_node.create_client(GetState, "frame_lifecycle/get_state")
     try:
@@ -138,7 +138,30 @@ def test_lifecycle_node_configure_activate_deactivate_cleanup(ros_context):
         assert not transition(Transition.TRANSITION_ACTIVATE)
         assert node.transitions == ["configure", "activate", "deactivate", "cleanup"]
     finally:
-        executor.shutdown()
-        spinner.join(timeout=5)
+        spinner.stop(timeout_s=5.0)
         node.destroy_node()
         client_node.destroy_node()
+
+
+def test_spin_thread_stops_before_the_executor_shuts_down(ros_context) -> None:
+    """SpinThread: callbacks run while it spins; stop() ends the spin and joins the thread before shutting the
+    executor down (rclpy's shutdown alone does not wait for a spinning thread), and is safe to repeat."""
+    node = rclpy.create_node("spin_thread_probe", context=ros_context)
+    ticks = []
+    node.create_timer(0.01, lambda: ticks.append(time.monotonic()))
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    spinner = SpinThread(executor).start()
+    try:
+        deadline = time.monotonic() + 5.0
+        while len(ticks) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(ticks) >= 3
+    finally:
+        spinner.stop(timeout_s=5.0)
+    assert not spinner.thread.is_alive()
+    n = len(ticks)
+    time.sleep(0.05)
+    assert len(ticks) == n, "no callback after stop()"
+    spinner.stop(timeout_s=1.0)  # again: no error
+    node.destroy_node()

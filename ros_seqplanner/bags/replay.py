@@ -30,6 +30,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rosbags.interfaces import Qos, QosDurability, QosReliability
 
 from ros_seqplanner.bags.reader import Bag, BagError, TopicInfo, open_bag
+from ros_seqplanner.spinning import SpinThread
 
 
 @dataclass
@@ -139,8 +140,7 @@ class _Pacer:
             time.sleep(0.01)  # matched before the first trigger, so no answer is missed
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spinner = SpinThread(self.executor).start()
 
     def _on_response(self, _data: bytes) -> None:
         self.last_response = time.monotonic()
@@ -155,8 +155,7 @@ class _Pacer:
         return True
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.thread.join(timeout=5.0)
+        self.spinner.stop(timeout_s=5.0)
         self.node.destroy_node()
 
 

@@ -119,6 +119,7 @@ def drive(context: Any, state_type: str, n: int, connect_timeout_s: float = 20.0
     from std_msgs.msg import Float64, Float64MultiArray
 
     from ros_seqplanner.nodes.planner_node import COMMAND_QOS, EVENT_QOS, STATE_QOS
+    from ros_seqplanner.spinning import SpinThread
 
     array = state_type == "array"
     node = Node("bench_driver", context=context)
@@ -139,8 +140,7 @@ def drive(context: Any, state_type: str, n: int, connect_timeout_s: float = 20.0
     rewards = [Float64(data=float(i)) for i in range(n)]
     round_trip: list[float] = []
     lost = 0
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = SpinThread(executor).start()
     try:
         deadline = time.monotonic() + connect_timeout_s
         while min(pub_state.get_subscription_count(), pub_reward.get_subscription_count(),
@@ -159,8 +159,7 @@ def drive(context: Any, state_type: str, n: int, connect_timeout_s: float = 20.0
             else:
                 lost += 1
     finally:
-        executor.shutdown(timeout_sec=1.0)
-        spinner.join(timeout=2.0)
+        spinner.stop(timeout_s=2.0)
         node.destroy_node()
     return round_trip, lost
 
@@ -211,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
         print("--samples must be >= 1 and --warmup >= 0", file=sys.stderr)
         return 2
     from ros_seqplanner.rosenv import apply_safe_ros_env
+    from ros_seqplanner.spinning import SpinThread
 
     apply_safe_ros_env(force_domain=True)
     import numpy as np
@@ -242,8 +242,7 @@ def run(args: argparse.Namespace) -> int:
     planner = PlannerNode(context=ctx, parameter_overrides=overrides, policy_factory=factory)
     executor = MultiThreadedExecutor(num_threads=4, context=ctx)
     executor.add_node(planner)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = SpinThread(executor).start()
     n = args.warmup + args.samples
     load_before = os.getloadavg()
     try:
@@ -299,8 +298,7 @@ def run(args: argparse.Namespace) -> int:
             }, indent=2))
         return 0 if lost == 0 else 1
     finally:
-        executor.shutdown(timeout_sec=2.0)  # stop spinning before the planner's shutdown destroys its entities
-        spinner.join(timeout=2.0)
+        spinner.stop(timeout_s=2.0)  # stop spinning before the planner's shutdown destroys its entities
         if planner.current_state_label() in ("active", "inactive"):
             planner.trigger_shutdown()
         planner.destroy_node()

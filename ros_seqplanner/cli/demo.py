@@ -151,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ros_seqplanner.data.scores import SCORE_LABEL, normalized_score
     from ros_seqplanner.nodes.planner_node import EVENT_QOS, GIL_SWITCH_INTERVAL_S, PlannerNode
+    from ros_seqplanner.spinning import SpinThread
 
     print(f"demo: {args.env} {args.mode}, {args.steps} steps, checkpoint {checkpoint} on {args.device} "
           f"(ROS_DOMAIN_ID={ros['ROS_DOMAIN_ID']}, discovery {ros['ROS_AUTOMATIC_DISCOVERY_RANGE']})")
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     rclpy.init(context=ctx)
     end: dict[str, Any] = {}
     done = threading.Event()
-    executors, threads, nodes = [], [], []
+    spinners, nodes = [], []
     planner = None
     try:
         planner = PlannerNode(context=ctx, parameter_overrides=planner_overrides(args, checkpoint))
@@ -177,9 +178,7 @@ def run(args: argparse.Namespace) -> int:
         for node, ex in ((planner, MultiThreadedExecutor(num_threads=4, context=ctx)),
                          (monitor, SingleThreadedExecutor(context=ctx))):
             ex.add_node(node)
-            executors.append(ex)
-            threads.append(threading.Thread(target=ex.spin, daemon=True))
-            threads[-1].start()
+            spinners.append(SpinThread(ex).start())
         t0 = time.perf_counter()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         if planner.trigger_configure() != TransitionCallbackReturn.SUCCESS:
@@ -231,10 +230,8 @@ def run(args: argparse.Namespace) -> int:
             Path(args.json).write_text(json.dumps(result, indent=2))
         return 0
     finally:
-        for ex in executors:  # stop spinning before the planner's shutdown destroys its entities
-            ex.shutdown(timeout_sec=2.0)
-        for t in threads:
-            t.join(timeout=2.0)
+        for spinner in spinners:  # stop spinning before the planner's shutdown destroys its entities
+            spinner.stop(timeout_s=2.0)
         if planner is not None and planner.current_state_label() in ("active", "inactive"):
             planner.trigger_shutdown()  # active: publishes one safe command first
         for node in nodes:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,12 +75,12 @@ def record_closed_loop(out: str | Path, *, env: str = "halfcheetah", checkpoint:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
-    from rclpy.task import Future
 
     from ros_seqplanner.bags.record import TopicRecorder
     from ros_seqplanner.bags.writer import BagWriter
     from ros_seqplanner.nodes.planner_node import PlannerNode, autostart
     from ros_seqplanner.nodes.sim_bridge_node import SimBridgeNode
+    from ros_seqplanner.spinning import SpinThread
 
     params = {"checkpoint": checkpoint or "injected", "planner": planner, "device": device, "env": env,
               "publish_on": "new_state", **(planner_params or {})}
@@ -110,11 +109,7 @@ def record_closed_loop(out: str | Path, *, env: str = "halfcheetah", checkpoint:
         executor = MultiThreadedExecutor(num_threads=4, context=context)
         for n in nodes:
             executor.add_node(n)
-        # Spin until `stop` is done, not until shutdown: rclpy's Executor.shutdown() destroys its guard
-        # condition without waiting for a spinning thread, which may be building a wait set with it then
-        # (InvalidHandle in that thread). Ending the spin first and joining makes shutdown() safe.
-        stop = Future()
-        spin = threading.Thread(target=executor.spin_until_future_complete, args=(stop,), daemon=True)
+        spin = SpinThread(executor)  # stopped before any entity is destroyed (see spinning.py)
         if not autostart(node):
             raise RuntimeError(f"planner node failed to configure/activate (checkpoint {checkpoint!r}); see its log")
         spin.start()
@@ -153,11 +148,10 @@ def record_closed_loop(out: str | Path, *, env: str = "halfcheetah", checkpoint:
         # Stop spinning before destroying any entity (the planner's shutdown destroys its own): destroying a
         # subscription while another thread's executor waits on it raises InvalidHandle in that thread, and a
         # callback in flight fails with "cannot use Destroyable" (printed at exit as never retrieved).
-        if spin is not None and spin.is_alive():
-            stop.set_result(True)  # wakes the executor; its spin returns
-            spin.join(timeout=30.0)
-        if executor is not None:
-            executor.shutdown()  # waits for callbacks still running in its thread pool
+        if spin is not None:
+            spin.stop(timeout_s=30.0)
+        elif executor is not None:
+            executor.shutdown()
         if len(nodes) > 1 and nodes[1].current_state_label() in ("active", "inactive"):
             nodes[1].trigger_shutdown()
         if recorder is not None:
