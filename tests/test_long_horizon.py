@@ -12,13 +12,12 @@ from ros_seqplanner.data.episodes import Episode
 from ros_seqplanner.nets.discretizer import Discretizer
 from ros_seqplanner.nets.dynamics import DynamicsConfig, MLPDynamics
 from ros_seqplanner.nets.tt import TrajectoryTransformer, TTConfig
+from ros_seqplanner.planning.rollout import TokenStream, pick_bin
 from ros_seqplanner.sim.long_horizon import (
-    TokenStream,
     compare,
     horizon_error,
     main,
     mlp_open_loop,
-    pick_bin,
     plot,
     start_steps,
     tt_open_loop,

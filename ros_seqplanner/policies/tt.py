@@ -26,7 +26,7 @@ from ros_seqplanner.nets.discretizer import Discretizer
 from ros_seqplanner.nets.tt import TrajectoryTransformer, load_tt
 from ros_seqplanner.planning.beam import BeamPlanner, Plan, PlannerConfig
 from ros_seqplanner.planning.presets import BASE, checkpoint_planner
-from ros_seqplanner.planning.rollout import TokenStream, pick_bin
+from ros_seqplanner.planning.rollout import predict_transitions
 from ros_seqplanner.policies.base import PolicyTimings, check_action, check_observation
 
 
@@ -187,31 +187,20 @@ class TTPolicy:
                                      extra=dict(self.planner.last_stats))
         return action
 
-    @torch.no_grad()
     def _predict_transitions(self, ctx: list[np.ndarray], o_ids: np.ndarray, acts: np.ndarray) -> list[np.ndarray]:
         """Token ids [transition(obs, a_0, r0^, v), ..., observation^_L] for the committed ``acts`` from
-        observation tokens ``o_ids`` after context ``ctx``: the model's median predictions."""
+        observation tokens ``o_ids`` after context ``ctx``: the model's median predictions, with the context's
+        value placeholder in the value slots."""
         if not len(acts):
             return [o_ids]
-        model, n, o, a = self.planner.model, self.disc.n_bins, self.obs_dim, self.act_dim
-        off = self._offsets
-        stream = TokenStream(model)
-        logits = stream.feed([int(x) for x in np.concatenate([*ctx, o_ids])])
-        out, cur = [], o_ids
-        for act in acts:
-            a_ids = self.disc.encode_dims(act.astype(np.float64), o, o + a) + off[o:o + a]
-            logits = stream.feed([int(x) for x in a_ids])
-            r_id = pick_bin(logits, n, "median") + off[o + a]
-            stream.feed([int(r_id)])
-            v_id = n - 1 + off[o + a + 1]  # the context's value placeholder (masked out of attention)
-            logits = stream.feed([int(v_id)])
-            nxt = []
-            for j in range(o):
-                nxt.append(pick_bin(logits, n, "median") + off[j])
-                logits = stream.feed([int(nxt[-1])])
-            out.append(np.concatenate([cur, a_ids, [r_id, v_id]]))
-            cur = np.asarray(nxt, dtype=np.int64)
-        return [*out, cur]
+        o, a = self.obs_dim, self.act_dim
+        a_ids = self.disc.encode_dims(acts.astype(np.float64), o, o + a) + self._offsets[o:o + a]  # (L, A)
+        placeholder = int(self._offsets[-1] + self.disc.n_bins - 1)  # the context's value token
+        r_ids, v_ids, obs_ids, _ = predict_transitions(self.planner.model, np.concatenate([*ctx, o_ids]).tolist(),
+                                                       a_ids, "median", value_id=placeholder)
+        starts = [o_ids, *obs_ids[:-1]]
+        rows = [np.concatenate([s, a_ids[t], [r_ids[t], v_ids[t]]]) for t, s in enumerate(starts)]
+        return [*rows, obs_ids[-1]]
 
     def act(self, observation: np.ndarray, reward: float | None = None) -> np.ndarray:
         t0 = time.perf_counter()

@@ -38,7 +38,7 @@ from ros_seqplanner.nets.discretizer import Discretizer
 from ros_seqplanner.nets.dynamics import MLPDynamics
 from ros_seqplanner.nets.tokens import bins_to_tokens
 from ros_seqplanner.nets.tt import TrajectoryTransformer
-from ros_seqplanner.planning.rollout import DECODES, TokenStream, pick_bin
+from ros_seqplanner.planning.rollout import DECODES, predict_transitions
 
 
 @torch.no_grad()
@@ -70,26 +70,12 @@ def tt_open_loop(model: TrajectoryTransformer, disc: Discretizer, obs0: np.ndarr
     if disc.dim != cfg.transition_dim or disc.n_bins != n:
         raise ValueError(f"discretizer ({disc.dim} x {disc.n_bins}) does not fit the model "
                          f"({cfg.transition_dim} x {n})")
-    stream = TokenStream(model)
-    obs_bins = disc.encode_dims(obs0.astype(np.float64), 0, o)
-    stream.feed(bins_to_tokens(obs_bins, n, 0).tolist())
+    obs_tokens = bins_to_tokens(disc.encode_dims(obs0.astype(np.float64), 0, o), n, 0)
     act_tokens = bins_to_tokens(disc.encode_dims(actions.astype(np.float64), o, o + a), n, o)  # (H, A)
-    states = np.empty((len(actions), o), dtype=np.float32)
-    rewards = np.empty(len(actions), dtype=np.float32)
-    for t in range(len(actions)):
-        logits = stream.feed(act_tokens[t].tolist())  # logged action; logits now predict the reward
-        r_bin = pick_bin(logits, n, decode)
-        logits = stream.feed([r_bin + n * (o + a)])
-        logits = stream.feed([pick_bin(logits, n, decode) + n * (o + a + 1)])  # value token (needed for the layout)
-        bins = []
-        for j in range(o):
-            if stream.next_dim != j:
-                raise RuntimeError(f"token layout broken: expected dimension {j}, stream at {stream.next_dim}")
-            bins.append(pick_bin(logits, n, decode))
-            logits = stream.feed([bins[-1] + n * j])
-        states[t] = disc.decode_dims(np.array(bins), 0, o)
-        rewards[t] = disc.decode_dims(np.array([r_bin]), o + a, o + a + 1)[0]
-    return states, rewards, {"reencodes": stream.reencodes, "block_transitions": cfg.max_transitions}
+    r_ids, _, obs_ids, reencodes = predict_transitions(model, obs_tokens.tolist(), act_tokens, decode)
+    states = disc.decode_dims(obs_ids - n * np.arange(o), 0, o).astype(np.float32)
+    rewards = disc.decode_dims((r_ids - n * (o + a))[:, None], o + a, o + a + 1)[:, 0].astype(np.float32)
+    return states, rewards, {"reencodes": reencodes, "block_transitions": cfg.max_transitions}
 
 
 def _check_inputs(obs0: np.ndarray, actions: np.ndarray, o: int, a: int) -> tuple[np.ndarray, np.ndarray]:
