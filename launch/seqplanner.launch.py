@@ -31,7 +31,7 @@ from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from launch_ros.substitutions import FindPackageShare
 
-from ros_seqplanner.cli.demo import DEFAULT_MODELS, PERIODS
+from ros_seqplanner.cli.demo import DEFAULT_MODELS, PERIODS, REALTIME_BUDGET
 
 PACKAGE = "ros_seqplanner"
 
@@ -83,8 +83,9 @@ def generate_launch_description() -> LaunchDescription:
              "device": LaunchConfiguration("device"), "env": LaunchConfiguration("env"), "autostart": False,
              "publish_on": PythonExpression(["'new_state' if '", LaunchConfiguration("mode"),
                                              "' == 'lockstep' else 'tick'"]),
-             # realtime: a TT plan gets 0.7 of the env's period (as `seqplanner demo --mode realtime`)
-             "time_budget_ms": PythonExpression([f"700.0 * {PERIODS!r}['", LaunchConfiguration("env"), "'] if '",
+             # realtime: a TT plan gets REALTIME_BUDGET of the env's period (as `seqplanner demo --mode realtime`)
+             "time_budget_ms": PythonExpression([f"{1000.0 * REALTIME_BUDGET} * {PERIODS!r}['",
+                                                 LaunchConfiguration("env"), "'] if '",
                                                  LaunchConfiguration("mode"), "' == 'realtime' else 0.0"])},
         ],
     )

@@ -46,14 +46,15 @@ def test_default_checkpoint_follows_env():
 
 
 def test_realtime_time_budget_follows_env_and_mode():
-    from ros_seqplanner.cli.demo import PERIODS
+    from ros_seqplanner.cli.demo import PERIODS, REALTIME_BUDGET
 
-    m = re.search(r'"time_budget_ms": PythonExpression\(\[f"(.*?)", LaunchConfiguration\("env"\), "(.*?)",\s*'
+    m = re.search(r'"time_budget_ms": PythonExpression\(\[f"(.*?)",\s*LaunchConfiguration\("env"\),\s*"(.*?)",\s*'
                   r'LaunchConfiguration\("mode"\), "(.*?)"\]\)', LAUNCH.read_text())
     assert m
     for env, period in PERIODS.items():
         for mode, want in (("realtime", 700.0 * period), ("lockstep", 0.0)):
-            expr = m.group(1).replace("{PERIODS!r}", repr(PERIODS)) + env + m.group(2) + mode + m.group(3)
+            head = m.group(1).replace("{1000.0 * REALTIME_BUDGET}", str(1000.0 * REALTIME_BUDGET))
+            expr = head.replace("{PERIODS!r}", repr(PERIODS)) + env + m.group(2) + mode + m.group(3)
             assert eval(expr, {}) == pytest.approx(want)
 
 

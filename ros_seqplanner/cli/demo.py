@@ -27,6 +27,7 @@ from typing import Any
 DEFAULT_MODELS = {"halfcheetah": "tt_halfcheetah_medium_expert", "hopper": "tt_hopper_medium",
                   "walker2d": "tt_walker2d_medium"}
 PERIODS = {"halfcheetah": 0.05, "hopper": 0.008, "walker2d": 0.008}  # gymnasium v5 env dt
+REALTIME_BUDGET = 0.7  # realtime: a TT plan's time budget as a fraction of the period (BENCHMARKS.md, session 15)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -103,7 +104,9 @@ def planner_overrides(args: argparse.Namespace, checkpoint: str) -> list[Any]:
     period = PERIODS[args.env]
     realtime = args.mode == "realtime"
     deadline = args.deadline_ms if args.deadline_ms is not None else (period * 1000.0 if realtime else 0.0)
-    budget = args.time_budget_ms if args.time_budget_ms is not None else (0.7 * period * 1000.0 if realtime else 0.0)
+    budget = args.time_budget_ms
+    if budget is None:
+        budget = REALTIME_BUDGET * period * 1000.0 if realtime else 0.0
     values = {"checkpoint": checkpoint, "planner": args.planner, "device": args.device, "env": args.env,
               "publish_on": "tick" if realtime else "new_state", "control_rate_hz": 1.0 / period,
               "deadline_ms": float(deadline), "fallback": args.fallback, "stale_timeout_s": 30.0,

@@ -97,7 +97,7 @@ class TTPolicy:
         goal = opts.get("goal")
         if goal is not None:
             g = check_observation(goal, self.obs_dim)
-            self._goal = torch.as_tensor(self.disc.encode_dims(g, 0, self.obs_dim) + self._offsets[:self.obs_dim])
+            self._goal = torch.as_tensor(self._obs_tokens(g))
         else:
             self._goal = None
 
@@ -109,8 +109,11 @@ class TTPolicy:
     def context_tokens(self, observation: np.ndarray) -> np.ndarray:
         """Global token ids of the planner prefix for ``observation``: context transitions + observation."""
         obs = check_observation(observation, self.obs_dim)
-        o_ids = self.disc.encode_dims(obs, 0, self.obs_dim) + self._offsets[:self.obs_dim]
-        return np.concatenate([*self._context, o_ids]).astype(np.int64)
+        return np.concatenate([*self._context, self._obs_tokens(obs)]).astype(np.int64)
+
+    def _obs_tokens(self, obs: np.ndarray) -> np.ndarray:
+        """Global token ids of a validated observation."""
+        return self.disc.encode_dims(obs, 0, self.obs_dim) + self._offsets[:self.obs_dim]
 
     def _tokenise_transition(self, obs: np.ndarray, act: np.ndarray, reward: float) -> np.ndarray:
         x = np.concatenate([obs, act, [reward]]).astype(np.float64)
@@ -166,8 +169,7 @@ class TTPolicy:
         what is known: ``observation`` with ``committed[0]``; the later steps come with :meth:`observe`."""
         t0 = time.perf_counter()
         obs = check_observation(observation, self.obs_dim)
-        acts = np.asarray(committed, dtype=np.float32).reshape(-1, self.act_dim) if np.size(committed) else \
-            np.zeros((0, self.act_dim), np.float32)
+        acts = np.asarray(committed, dtype=np.float32).reshape(-1, self.act_dim)  # (0, A) when none
         acts = np.stack([self._check_action(a) for a in acts]) if len(acts) else acts
         if len(acts) and self.planner.model.cfg.goal_conditioned:
             raise ValueError("act_ahead predicts with the model, which needs a TT without goal conditioning")
@@ -175,8 +177,7 @@ class TTPolicy:
         if self.config.mode == "goal" and self._goal is None:
             raise ValueError("mode 'goal' needs a goal: call reset(goal=observation)")
         ctx = list(self._context)
-        o_ids = self.disc.encode_dims(obs, 0, self.obs_dim) + self._offsets[:self.obs_dim]
-        predicted = self._predict_transitions(ctx, o_ids, acts)
+        predicted = self._predict_transitions(ctx, self._obs_tokens(obs), acts)
         prefix = torch.as_tensor(np.concatenate([*ctx, *predicted]).astype(np.int64))
         self.last_plan = self.planner.plan(prefix, self._gen, self._goal, self._deadline(t0))
         self._plan_idx = 0
