@@ -23,7 +23,9 @@ def reference_plan(model, disc, cfg: PlannerConfig, prefix: torch.Tensor, genera
     """Naive TT beam search: beams are explicit token sequences, ``model(tokens)`` recomputed from scratch
     for every token, no cache. Same semantics and random-number use as BeamPlanner. Returns the best
     beam's (H, D) bins and its score. ``cfg.obs_bounds``: each predicted observation token whose midpoint
-    leaves its bounds counts a violation; beams rank by (violations, -score, index) (Python sort)."""
+    leaves its bounds counts a violation; beams rank by (violations, -score, index) (Python sort).
+    Long horizons: the model sees ``seqs[:, ws:]``; when the window holds the model's whole block of
+    transitions, ``ws`` moves to the last ``max(1, min(max_context_transitions, max_transitions - 1))``."""
     bounds = parse_obs_bounds(cfg.obs_bounds)
     mc = model.cfg
     o, a, d, n = mc.obs_dim, mc.act_dim, mc.transition_dim, mc.n_bins
@@ -32,9 +34,12 @@ def reference_plan(model, disc, cfg: PlannerConfig, prefix: torch.Tensor, genera
     u = torch.rand((h_steps, w * e, a), generator=generator)
     logp_mode = cfg.mode != "reward"
 
+    ws = 0  # window start
+    keep = max(1, min(cfg.max_context_transitions, mc.max_transitions - 1))
+
     def next_logits(seqs: torch.Tensor) -> torch.Tensor:
         g = None if goal is None else goal.reshape(1, -1).expand(seqs.shape[0], -1)
-        return model(seqs, goal=g)[0][:, -1]
+        return model(seqs[:, ws:], goal=g)[0][:, -1]
 
     seqs = prefix.reshape(1, -1).repeat(w, 1)
     t0 = seqs.shape[1]
@@ -67,6 +72,8 @@ def reference_plan(model, disc, cfg: PlannerConfig, prefix: torch.Tensor, genera
         score, viol = score[top], viol[top]
         seqs, rewards = seqs[top], rewards[top]
         if t < h_steps - 1:
+            if seqs.shape[1] - ws == mc.max_transitions * d:  # the window is full: move it
+                ws = seqs.shape[1] - keep * d
             for j in range(o):
                 lg = next_logits(seqs)
                 c = greedy_bins(lg)
@@ -135,10 +142,20 @@ CASES = [
     # state constraints (obs_bounds): violation counts rank the beams before their scores
     ("reward", {"obs_bounds": "0:-0.4:0.4,2:-0.2:"}, 21, 2),
     ("reward", {"obs_bounds": "0:-0.4:0.4,2:-0.2:", "kernel": "torch"}, 21, 2),
-    ("reward", {"obs_bounds": "1::0.3", "embd": 64, "horizon": 4, "n_expand": 3}, 22, 1),
+    ("reward", {"obs_bounds": "1::0.3", "embd": 64, "horizon": 4, "n_expand": 3, "max_context_transitions": 2}, 22, 1),
     ("imitation", {"obs_bounds": "0:-0.5:0.5,1:-0.5:0.5"}, 23, 1),
     ("imitation", {"obs_bounds": "0:-0.5:0.5,1:-0.5:0.5", "kernel": "torch", "static": True}, 23, 1),
     ("goal", {"obs_bounds": "2:0:"}, 24, 2),
+    # horizons beyond the block (max_transitions 6): the window moves (re-encode), torch decoder
+    ("reward", {"horizon": 9}, 25, 3),
+    ("reward", {"horizon": 14, "max_context_transitions": 5}, 26, 5),
+    ("reward", {"horizon": 8, "max_context_transitions": 1}, 27, 1),
+    ("reward", {"horizon": 7, "max_context_transitions": 0}, 28, 0),
+    ("reward", {"horizon": 5, "max_context_transitions": 3}, 29, 1),  # short context: no move needed
+    ("reward", {"horizon": 10, "static": True, "n_expand": 3}, 30, 2),
+    ("imitation", {"horizon": 9}, 31, 3),
+    ("goal", {"horizon": 10, "max_context_transitions": 4}, 32, 4),
+    ("reward", {"horizon": 11, "obs_bounds": "0:-0.4:0.4", "embd": 64}, 33, 3),
 ]
 
 
@@ -155,7 +172,7 @@ def test_cached_planner_equals_full_recompute(mode, overrides, seed, n_ctx):
     cfg = PlannerConfig(**kw)
     planner = BeamPlanner(model, disc, cfg, static=static, kernel=kernel)
     if kernel == "auto" and ckernel.load_kernel() is not None:
-        assert planner.kernel == "c"
+        assert planner.kernel == ("torch" if planner.reencode else "c")
     if planner.kernel == "torch":
         planner.decoder.jit = not eager
     goal = None
@@ -203,19 +220,24 @@ def test_seed_controls_plan_and_reuse_is_deterministic():
     assert not np.array_equal(plans[0], plans[2])
 
 
-def test_context_is_cropped_to_fit_the_block():
+def test_context_is_cropped_to_the_block_and_long_horizons_move_the_window():
     model, disc = make_model(0)  # max_transitions 6
-    planner = BeamPlanner(model, disc, PlannerConfig(horizon=4, beam_width=2, max_context_transitions=5))
-    assert planner.context_transitions == 2  # 6 - 4
     mc = model.cfg
-    prefix = random_prefix(mc, 5, 0)
-    cropped = planner.check_prefix(prefix)
-    assert torch.equal(cropped, prefix[3 * mc.transition_dim:])
-    planner.plan(prefix, torch.Generator().manual_seed(0))  # does not exceed the block
+    planner = BeamPlanner(model, disc, PlannerConfig(horizon=1, beam_width=2, max_context_transitions=8))
+    assert planner.context_transitions == 5 and not planner.reencode  # 6 - 1: the plan's first transition fits
+    prefix = random_prefix(mc, 7, 0)
+    assert torch.equal(planner.check_prefix(prefix), prefix[2 * mc.transition_dim:])
     with pytest.raises(ValueError, match="observation tokens"):
         planner.check_prefix(prefix[:-1])
-    with pytest.raises(ValueError, match="exceeds the model's block"):
-        BeamPlanner(model, disc, PlannerConfig(horizon=7, beam_width=2))
+    # context + horizon > the block: full context kept, the plan re-encodes its window (torch decoder)
+    long = BeamPlanner(model, disc, PlannerConfig(horizon=20, beam_width=2, max_context_transitions=3))
+    assert long.context_transitions == 3 and long.reencode and long.kernel == "torch"
+    plan = long.plan(prefix, torch.Generator().manual_seed(0))
+    assert plan.tokens.shape == (20, mc.transition_dim)
+    assert BeamPlanner(model, disc, PlannerConfig(horizon=3, max_context_transitions=3)).reencode is False
+    if ckernel.load_kernel() is not None:
+        with pytest.raises(ValueError, match="kernel 'c' plans within one block"):
+            BeamPlanner(model, disc, PlannerConfig(horizon=4, beam_width=2, max_context_transitions=3), kernel="c")
 
 
 def test_mode_model_mismatch_and_bad_config():
@@ -253,7 +275,7 @@ def test_c_kernel_builds_where_a_compiler_exists():
 
 def test_kernel_choice_and_fallback(monkeypatch):
     model, disc = make_model(0)
-    cfg = PlannerConfig(horizon=2, beam_width=3)
+    cfg = PlannerConfig(horizon=2, beam_width=3, max_context_transitions=4)  # fits the block: no re-encode
     with pytest.raises(ValueError, match="kernel must be"):
         make_decoder(model, None, False, None, "fast")
     with pytest.raises(ValueError, match="CPU float32"):

@@ -169,7 +169,9 @@ def test_decode_errors_are_clear():
     with pytest.raises(ValueError, match="exceeds block size"):
         m(torch.zeros(1, cfg.block_size + 1, dtype=torch.long))
     with pytest.raises(ValueError, match="prefill"):
-        m.prefill(torch.zeros(2, 3, dtype=torch.long))
+        m.prefill(torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="shared prefix"):  # a batched prefill is no shared prefix
+        m.decode(torch.zeros(2, dtype=torch.long), m.prefill(torch.zeros(2, 3, dtype=torch.long)), cache)
 
 
 def test_loss_weights_actions_and_respects_mask():

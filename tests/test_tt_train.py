@@ -147,11 +147,14 @@ def test_checkpoints_ship_the_planner_settings_given_at_training(tmp_path):
     assert load_tt(train_tt(ds, cfg, tmp_path / "kept", resume=half))[2]["planner"]["horizon"] == 3
     assert load_tt(train_tt(ds, cfg, tmp_path / "new", resume=half, planner={"horizon": 2}))[2]["planner"] == {
         "horizon": 2}
-    # without settings nothing is shipped, and a preset horizon the block cannot hold is flagged
-    with pytest.warns(UserWarning, match=r"horizon 15 \(preset None\) does not fit the block of 4"):
-        plain = train_tt(ds, TTTrainConfig(**TINY, max_steps=1), tmp_path / "plain")
+    # without settings nothing is shipped; a horizon longer than the block (4) is shipped and plans
+    plain = train_tt(ds, TTTrainConfig(**TINY, max_steps=1), tmp_path / "plain")
     assert "planner" not in load_tt(plain)[2]
-    for bad, why in (({"horizon": 5}, r"horizon 5 \(--planner\) does not fit the block of 4.*N <= 4"),
+    long = train_tt(ds, TTTrainConfig(**TINY, max_steps=1), tmp_path / "long", planner={"horizon": 6, "beam_width": 2})
+    pol = TTPolicy.from_checkpoint(long)
+    assert pol.planner.reencode and np.all(np.isfinite(pol.act(ds.episodes[0].observations[0], None)))
+    assert pol.last_plan.actions.shape[0] == 6
+    for bad, why in (({"horizon": 0}, "horizon must be >= 1"),
                      ({"beam": 3}, r"--planner: unknown \['beam'\]"), ({"horizon": 2.5}, "horizon must be int")):
         with pytest.raises(ValueError, match=why):
             train_tt(ds, cfg, tmp_path / "bad", planner=bad)

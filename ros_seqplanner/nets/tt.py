@@ -93,14 +93,15 @@ class TTConfig:
 # ---------------------------------------------------------------------------------------------- inference state
 @dataclass
 class PrefixState:
-    """K/V of the shared prefix (batch 1), computed once per plan by :meth:`TrajectoryTransformer.prefill`."""
+    """K/V of the shared prefix (batch 1), computed once per plan by :meth:`TrajectoryTransformer.prefill` (batch B
+    when the planner re-encodes its beams' windows)."""
 
-    k: tuple[torch.Tensor, ...]  # per layer (1, H, G + T0, hd)
+    k: tuple[torch.Tensor, ...]  # per layer (B, H, G + T0, hd)
     v: tuple[torch.Tensor, ...]
     length: int  # trajectory tokens T0 (goal tokens not counted)
     goal_len: int  # G (0 without goal)
     key_valid: torch.Tensor  # (G + T0,) bool: key may be attended by trajectory queries (not a value token)
-    last_logits: torch.Tensor  # (1, N+1) logits at trajectory position T0 - 1
+    last_logits: torch.Tensor  # (B, N+1) logits at trajectory position T0 - 1
 
 
 class KVCache:
@@ -316,9 +317,10 @@ class TrajectoryTransformer(nn.Module):
     # ------------------------------------------------------------------------------------------ K/V cache
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor, goal: torch.Tensor | None = None) -> PrefixState:
-        """Run the shared prefix (1, T0) once; keep its K/V per layer and the logits at its last position."""
-        if tokens.ndim != 2 or tokens.shape[0] != 1 or tokens.shape[1] < 1:
-            raise ValueError(f"prefill takes one prefix (1, T0 >= 1), got {tuple(tokens.shape)}")
+        """Run the shared prefix (1, T0) once; keep its K/V per layer and the logits at its last position.
+        Also takes B > 1 equal-length prefixes (B, T0) (the planner's window re-encode; ``goal`` then (B, O))."""
+        if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 1:
+            raise ValueError(f"prefill takes prefixes (B, T0 >= 1), got {tuple(tokens.shape)}")
         x, g = self._embed(tokens, goal)
         mask = self._attn_mask(tokens.shape[1], g, tokens.device)
         ks, vs = [], []
@@ -353,6 +355,8 @@ class TrajectoryTransformer(nn.Module):
             raise ValueError(f"{b} beams but the cache holds {cache.batch}")
         if cache.length + kk > cache.capacity:
             raise ValueError(f"cache full: {cache.length} + {kk} > max_new_tokens {cache.capacity}")
+        if prefix.k[0].shape[0] != 1:
+            raise ValueError(f"decode takes a shared prefix (batch 1), got batch {prefix.k[0].shape[0]}")
         if prefix.length + cache.length + kk > self.cfg.block_size:
             raise ValueError(f"position {prefix.length + cache.length + kk - 1} is beyond the block size "
                              f"{self.cfg.block_size}; raise TTConfig.max_transitions at training time")

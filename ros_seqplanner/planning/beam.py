@@ -18,9 +18,14 @@ Deviations from the official code (each also noted where it happens):
 
 - Context window: the official code crops the model input to ``max_context_transitions * D - 1``
   tokens on every forward pass (a sliding window with re-based positions, which rules out a cache).
-  Here the context (at most ``max_context_transitions`` executed transitions, fewer if context +
-  horizon would exceed the model's ``max_transitions``) and the whole plan share one window with
-  absolute positions.
+  Here the context (at most ``max_context_transitions`` executed transitions, and at most the model's
+  ``max_transitions - 1``) and the plan share one window with absolute positions, cached. When a plan
+  outgrows the model's block (context + horizon > ``max_transitions``), the window moves in one jump:
+  before the next observation, each beam's last ``max(1, context)`` transitions are re-encoded as a new
+  window at position 0 (:meth:`BeamPlanner._reencode`, batched over the beams) and planning continues
+  cached in it. So a token sees between ``context`` and ``max_transitions - 1`` whole transitions before
+  its own (official: fewer than ``max_context_transitions``), and any horizon fits any block. Plans that
+  re-encode run on the torch decoder (the C kernel keeps one shared prefix per plan).
 - Expansion order: candidate ``beam * E + e`` (``repeat_interleave``) rather than ``repeat`` (tiling),
   so the E candidates of a beam share its cached history; it only changes which equal-score candidate
   wins a tie.
@@ -244,11 +249,15 @@ def make_decoder(model: TrajectoryTransformer, dtype: torch.dtype | None, static
     return BeamDecoder(model, dtype, static=static, cuda_graphs=cuda_graphs)
 
 
-def context_capacity(model_max_transitions: int, horizon: int, max_context_transitions: int) -> int:
-    """Context transitions that fit before a plan of ``horizon`` transitions in the model's block."""
-    if horizon > model_max_transitions:
-        raise ValueError(f"horizon {horizon} exceeds the model's block of {model_max_transitions} transitions")
-    return min(max_context_transitions, model_max_transitions - horizon)
+def context_capacity(model_max_transitions: int, max_context_transitions: int) -> int:
+    """Context transitions kept before a plan: at most ``max_context_transitions``, and one transition less
+    than the model's block so that the plan's first transition fits after them."""
+    return min(max_context_transitions, model_max_transitions - 1)
+
+
+def needs_reencode(model_max_transitions: int, horizon: int, max_context_transitions: int) -> bool:
+    """Whether a full-context plan of ``horizon`` transitions outgrows the model's block (window re-encode)."""
+    return context_capacity(model_max_transitions, max_context_transitions) + horizon > model_max_transitions
 
 
 class BeamPlanner:
@@ -276,10 +285,14 @@ class BeamPlanner:
         self.device = model.head.device
         if static is None:
             static = self.device.type == "cuda"
-        self.decoder = make_decoder(model, dtype, static, cuda_graphs, kernel)
+        self.context_transitions = context_capacity(cfg.max_transitions, config.max_context_transitions)
+        self.reencode = needs_reencode(cfg.max_transitions, config.horizon, config.max_context_transitions)
+        self._keep = max(1, self.context_transitions)  # transitions a re-encoded window starts with
+        if self.reencode and kernel == "c":
+            raise ValueError(f"kernel 'c' plans within one block: context {self.context_transitions} + horizon "
+                             f"{config.horizon} > the model's {cfg.max_transitions} transitions; use 'torch'/'auto'")
+        self.decoder = make_decoder(model, dtype, static, cuda_graphs, "torch" if self.reencode else kernel)
         self.kernel = "c" if isinstance(self.decoder, CBeamDecoder) else "torch"
-        self.context_transitions = context_capacity(cfg.max_transitions, config.horizon,
-                                                    config.max_context_transitions)
         mids = discretizer.midpoints.to(self.device)
         self._mid_r, self._mid_v = mids[-2].contiguous(), mids[-1].contiguous()
         self._bounds = bound_bins(parse_obs_bounds(config.obs_bounds), discretizer, cfg.obs_dim)
@@ -292,8 +305,8 @@ class BeamPlanner:
         return self.config.horizon * c.transition_dim - c.obs_dim - 1
 
     def check_prefix(self, prefix: torch.Tensor) -> torch.Tensor:
-        """Validate a prefix of global ids: whole transitions then one observation; crop old transitions
-        so that context + horizon fits the block. Returns (T0,) int64 on the planner's device."""
+        """Validate a prefix of global ids: whole transitions then one observation; keep the last
+        :attr:`context_transitions` transitions. Returns (T0,) int64 on the planner's device."""
         c = self.model.cfg
         d, o = c.transition_dim, c.obs_dim
         prefix = torch.as_tensor(prefix, dtype=torch.long, device=self.device).reshape(-1)
@@ -328,7 +341,10 @@ class BeamPlanner:
         pre = self.model.prefill(prefix.unsqueeze(0), goal)
         dec = self.decoder
         dec.set_prefix(pre)
-        dec.allocate(w, e, max(1, (h_steps - 1) * (d - 1)), a + 1)
+        max_hist = (h_steps - 1) * (d - 1)
+        if self.reencode:  # a re-encoded window (goal keys included) grows until the block is full
+            max_hist = max(max_hist, (0 if goal is None else o) + mc.max_transitions * (d - 1))
+        dec.allocate(w, e, max(1, max_hist), a + 1)
 
         first_obs = prefix[-o:] - n * torch.arange(o, device=dev)
         discounts = cfg.discount ** torch.arange(h_steps + 1, device=dev, dtype=torch.float32)
@@ -394,11 +410,14 @@ class BeamPlanner:
             if deadline is not None and time.monotonic() >= deadline:  # as if horizon = t + 1
                 bins = bins[:, :t + 1]
                 break
-            # ---- next observation, greedy, at beam width
-            dec.merge(parent, top, hist_len, a + 1)
-            hist_len += a + 1
-            logits = dec.step(bins[:, t, d - 1], pos, 1, hist_len, 0, None)  # value token: query only
-            pos += 1
+            # ---- next observation, greedy, at beam width (pos: the value token's position)
+            if pos + d > mc.block_size:  # step t + 1 would not fit: move the window (module docstring)
+                logits, pos, hist_len = self._reencode(prefix, bins[:, :t + 1], goal)
+            else:
+                dec.merge(parent, top, hist_len, a + 1)
+                hist_len += a + 1
+                logits = dec.step(bins[:, t, d - 1], pos, 1, hist_len, 0, None)  # value token: query only
+                pos += 1
             obs_tokens = []
             for _ in range(o):
                 c = greedy_bins(logits)
@@ -419,6 +438,24 @@ class BeamPlanner:
         return plan
 
 
+    def _reencode(self, prefix: torch.Tensor, planned: torch.Tensor, goal: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, int, int]:
+        """New window per beam: its last ``self._keep`` transitions (planned ones, topped up from the shared
+        context), re-encoded at position 0 into the decoder's history. ``planned`` (W, t+1, D) bins of the
+        kept beams. Returns the logits at the window's last (value) token, the next position, the history
+        length."""
+        mc = self.model.cfg
+        d, n, w = mc.transition_dim, mc.n_bins, planned.shape[0]
+        rows = planned[:, -self._keep:] + n * torch.arange(d, device=self.device)  # global ids
+        window = rows.reshape(w, -1)
+        short = self._keep - rows.shape[1]
+        if short > 0:  # (with a block of few transitions) the window still reaches into the context
+            ctx = prefix[:prefix.numel() - mc.obs_dim].reshape(-1, d)[-short:]
+            window = torch.cat([ctx.reshape(1, -1).expand(w, -1), window], dim=1)
+        pre = self.model.prefill(window, None if goal is None else goal.expand(w, -1))
+        return pre.last_logits, window.shape[1], self.decoder.load_history(pre)
+
+
 def plan_flops(model_cfg, config: PlannerConfig, prefix_len: int) -> float:
     """Multiply-add FLOPs (x2) of one plan by this planner: prefill + every decode step's linear layers,
     heads and attention over (valid prefix keys + the beam's cached tokens). Elementwise ops excluded."""
@@ -428,15 +465,24 @@ def plan_flops(model_cfg, config: PlannerConfig, prefix_len: int) -> float:
     tp = prefix_len - prefix_len // d  # keys visible to planned tokens (value keys dropped)
     total = prefix_len * per_row + n_l * 4 * c * prefix_len * prefix_len / 2  # prefill (causal)
     w, b = config.beam_width, config.beam_width * config.n_expand
-    hist = 0
+    keep = max(1, context_capacity(mc.max_transitions, config.max_context_transitions))
+    hist, pos = 0, prefix_len
     for t in range(config.horizon):
         for s in range(a + 1):  # actions + reward at W*E rows
             total += b * (per_row + n_l * 4 * c * (tp + hist + s + 1))
+        pos += a + 1
         if t == config.horizon - 1:
             break
-        hist += a + 1
-        total += w * (per_row + n_l * 4 * c * (tp + hist))  # value token (query only)
+        if pos + d > mc.block_size:  # window re-encode: W prefills of keep transitions, then no shared prefix
+            n_win = keep * d
+            total += w * (n_win * per_row + n_l * 4 * c * n_win * n_win / 2)
+            tp, hist, pos = 0, n_win - keep, n_win
+        else:
+            hist += a + 1
+            total += w * (per_row + n_l * 4 * c * (tp + hist))  # value token (query only)
+            pos += 1
         for _ in range(o):
             hist += 1
+            pos += 1
             total += w * (per_row + n_l * 4 * c * (tp + hist))
     return float(total)

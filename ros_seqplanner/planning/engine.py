@@ -178,6 +178,8 @@ class BeamDecoder:
     def set_prefix(self, prefix: PrefixState) -> None:
         """Start a plan: keep the prefix K/V of the keys trajectory queries may attend (value-token keys
         dropped); the history starts again in ping-pong buffer 0."""
+        if prefix.k[0].shape[0] != 1:
+            raise ValueError(f"set_prefix takes a shared prefix (batch 1), got batch {prefix.k[0].shape[0]}")
         self.cur = 0
         idx = torch.nonzero(prefix.key_valid.to(self.device)).squeeze(-1)
         kp = [k[0].index_select(1, idx).to(self.dtype).transpose(1, 2) for k in prefix.k]  # (H, hd, Tp)
@@ -197,6 +199,26 @@ class BeamDecoder:
             dst[:, :tp].copy_(src)
         self.pmask[:tp] = 0.0
         self.pmask[tp:] = float("-inf")
+
+    def load_history(self, window: PrefixState) -> int:
+        """Window re-encode (long horizons): the shared prefix becomes empty and beam i's history becomes row i
+        of ``window`` (a batch-W :meth:`~ros_seqplanner.nets.tt.TrajectoryTransformer.prefill`), its attendable
+        keys only. Call after :meth:`allocate`; returns the new history length."""
+        idx = torch.nonzero(window.key_valid.to(self.device)).squeeze(-1)
+        n = idx.numel()
+        hb = self.hist[self.cur]  # (n_layer, 2, H, W, T, hd)
+        if window.k[0].shape[0] != hb.shape[3] or n > hb.shape[-2]:
+            raise ValueError(f"window of {window.k[0].shape[0]} rows x {n} keys does not fit the history buffers "
+                             f"({hb.shape[3]} beams x {hb.shape[-2]} columns)")
+        for li in range(len(self.layers)):
+            hb[li, 0, :, :, :n] = window.k[li].index_select(2, idx).transpose(0, 1).to(self.dtype)
+            hb[li, 1, :, :, :n] = window.v[li].index_select(2, idx).transpose(0, 1).to(self.dtype)
+        if self.static:
+            self.pmask.fill_(float("-inf"))
+        else:
+            self.kp = [k[..., :0] for k in self.kp]
+            self.vp = [v[:, :0] for v in self.vp]
+        return n
 
     def allocate(self, beams: int, expand: int, max_hist: int, max_step: int) -> None:
         """History buffers (2 ping-pong) of ``beams`` rows: ``max_hist`` history columns plus a step region of

@@ -68,16 +68,8 @@ class TTPolicy:
         defaults to the checkpoint's training ``gamma``. ``dtype``: decoder dtype, default float32 on CPU
         and bfloat16 on CUDA (bf16 plans are not bit-identical to fp32 ones)."""
         model, disc, meta = load_tt(path, device)
-        name, cfg = checkpoint_planner(meta, goal_conditioned=model.cfg.goal_conditioned, preset=preset,
-                                       overrides=planner_overrides, source=str(path))
-        if cfg.horizon > model.cfg.max_transitions:
-            # The official planner crops its input to the block and re-encodes; our K/V-cached planner keeps
-            # context + horizon inside one block, so a preset's horizon must fit the trained block.
-            raise ValueError(
-                f"planner horizon {cfg.horizon} (preset {name or 'base'}) exceeds the model's block of "
-                f"{model.cfg.max_transitions} transitions; pass a shorter horizon, e.g. horizon="
-                f"{max(1, model.cfg.max_transitions // 2)} (CLI: --option horizon=N), or train with a longer "
-                "--max-transitions")
+        _, cfg = checkpoint_planner(meta, goal_conditioned=model.cfg.goal_conditioned, preset=preset,
+                                    overrides=planner_overrides, source=str(path))
         low, high = _bounds(meta, model.cfg.act_dim)
         if dtype is None:
             dtype = torch.bfloat16 if model.head.device.type == "cuda" else torch.float32

@@ -19,7 +19,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -336,19 +335,12 @@ def train_tt(dataset: EpisodeDataset, config: TTTrainConfig, out: str | Path, *,
 
 
 def shipped_planner(dataset: EpisodeDataset, config: TTTrainConfig, settings: Any) -> dict[str, Any]:
-    """Validate the planner settings a checkpoint will ship (see :func:`train_tt`) before any training: an
-    explicit horizon must fit the block (ValueError); a preset horizon that does not fit only warns, since
-    callers can still pass one at planning time."""
+    """Validate the planner settings a checkpoint will ship (see :func:`train_tt`) before any training: known
+    PlannerConfig fields with valid values (ValueError otherwise). Any horizon fits: a plan longer than the
+    block moves its window (:mod:`ros_seqplanner.planning.beam`)."""
     settings = PlannerConfig.check_settings(settings or {}, "--planner")
     meta = {"dataset_id": dataset.dataset_id, "env_id": dataset.env_id, "gamma": config.gamma, "planner": settings}
-    name, cfg = checkpoint_planner(meta, goal_conditioned=config.goal_conditioned)
-    if cfg.horizon > config.max_transitions:
-        msg = (f"planning horizon {cfg.horizon} ({'--planner' if 'horizon' in settings else 'preset ' + str(name)})"
-               f" does not fit the block of {config.max_transitions} transitions")
-        if "horizon" in settings:
-            raise ValueError(f"{msg}: use --planner horizon=N with N <= {config.max_transitions}")
-        warnings.warn(f"{msg}; this checkpoint will need a shorter horizon at planning time: record one with "
-                      f"--planner horizon=N (N <= {config.max_transitions})", stacklevel=2)
+    checkpoint_planner(meta, goal_conditioned=config.goal_conditioned)
     return settings
 
 
