@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         "decode_steps": planner.decode_steps(), "gflop_per_plan": round(gflop, 3),
         "gflops_achieved": round(gflop / (np.percentile(ts, 50) / 1e3), 2),
         "beams": cfg.beam_width, "candidates": cfg.beam_width * cfg.n_expand, "horizon": cfg.horizon,
-        "context_transitions": n_ctx, "prefix_tokens": int(prefix.numel()),
+        "context_transitions": n_ctx, "prefix_tokens": int(prefix.numel()), "window_moves": planner.reencode,
         "model": {"n_layer": mcfg.n_layer, "n_head": mcfg.n_head, "n_embd": mcfg.n_embd, "n_bins": n,
                   "obs_dim": obs_dim, "act_dim": act_dim, "checkpoint": args.checkpoint},
         "loadavg_1m": os.getloadavg()[0], "loadavg_start_1m": load0, "torch": torch.__version__,
@@ -136,5 +136,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{args.preset} on {device} ({out['threads']} thread(s), {out['dtype']}): p50 {out['p50_ms']:.1f} ms, "
               f"p99 {out['p99_ms']:.1f} ms over {len(times)} plans; {out['decode_steps']} decode steps, "
-              f"{gflop:.2f} GFLOP/plan; {out['kernel']} decoder; load {out['loadavg_1m']:.2f}")
+              f"{gflop:.2f} GFLOP/plan; {out['kernel']} decoder{' (window moves)' if planner.reencode else ''}; "
+              f"load {out['loadavg_1m']:.2f}")
     return 0
