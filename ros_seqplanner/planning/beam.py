@@ -300,7 +300,8 @@ class BeamPlanner:
 
     # ------------------------------------------------------------------------------------------ helpers
     def decode_steps(self) -> int:
-        """Sequential decoder calls per plan (excluding the prefill)."""
+        """Sequential decoder calls per plan (excluding the prefill; each window move replaces one of them, a value
+        token's, by a batched prefill)."""
         c = self.model.cfg
         return self.config.horizon * c.transition_dim - c.obs_dim - 1
 
@@ -436,7 +437,6 @@ class BeamPlanner:
         self.last_stats = {"plan_ms": (time.perf_counter() - t_start) * 1e3, "context_tokens": float(prefix.numel()),
                            "horizon_planned": float(bins.shape[1])}
         return plan
-
 
     def _reencode(self, prefix: torch.Tensor, planned: torch.Tensor, goal: torch.Tensor | None
                   ) -> tuple[torch.Tensor, int, int]:
