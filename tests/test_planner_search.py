@@ -536,3 +536,21 @@ def test_time_budget_cuts_the_horizon_and_equals_the_shorter_plan(kernel):
     assert not np.array_equal(full.tokens[:1], ref.tokens) or full.score != pytest.approx(ref.score)
     with pytest.raises(ValueError, match="time_budget_ms"):
         PlannerConfig(time_budget_ms=-1.0)
+
+
+def test_time_budget_cut_after_a_window_move_equals_the_shorter_plan(monkeypatch):
+    """A plan that moved its window and is then cut equals the plan with the shorter horizon (which moves its
+    window at the same transitions). The clock is a counter: the deadline passes at the check after transition 5."""
+    model, disc = make_model(34, max_transitions=6)
+    cfg = PlannerConfig(horizon=10, beam_width=4, n_expand=2, max_context_transitions=3)
+    prefix = random_prefix(model.cfg, 3, 34)
+    planner = BeamPlanner(model, disc, cfg)
+    assert planner.reencode
+    clock = iter(range(1000))
+    monkeypatch.setattr(time, "monotonic", lambda: float(next(clock)))
+    cut = planner.plan(prefix, torch.Generator().manual_seed(4), deadline=4.5)
+    assert cut.tokens.shape == (6, model.cfg.transition_dim)  # checks after transitions 0..5 read 0..5
+    ref, ref_score = reference_plan(model, disc, PlannerConfig(**{**cfg.to_dict(), "horizon": 6}), prefix,
+                                    torch.Generator().manual_seed(4))
+    np.testing.assert_array_equal(cut.tokens, ref.numpy())
+    assert cut.score == pytest.approx(ref_score, rel=1e-4, abs=1e-4)
