@@ -255,6 +255,11 @@ def context_capacity(model_max_transitions: int, max_context_transitions: int) -
     return min(max_context_transitions, model_max_transitions - 1)
 
 
+def window_transitions(model_max_transitions: int, max_context_transitions: int) -> int:
+    """Transitions a moved window starts with (each beam's last ones): the context's length, at least one."""
+    return max(1, context_capacity(model_max_transitions, max_context_transitions))
+
+
 def needs_reencode(model_max_transitions: int, horizon: int, max_context_transitions: int) -> bool:
     """Whether a full-context plan of ``horizon`` transitions outgrows the model's block (window re-encode)."""
     return context_capacity(model_max_transitions, max_context_transitions) + horizon > model_max_transitions
@@ -287,7 +292,7 @@ class BeamPlanner:
             static = self.device.type == "cuda"
         self.context_transitions = context_capacity(cfg.max_transitions, config.max_context_transitions)
         self.reencode = needs_reencode(cfg.max_transitions, config.horizon, config.max_context_transitions)
-        self._keep = max(1, self.context_transitions)  # transitions a re-encoded window starts with
+        self._keep = window_transitions(cfg.max_transitions, config.max_context_transitions)
         if self.reencode and kernel == "c":
             raise ValueError(f"kernel 'c' plans within one block: context {self.context_transitions} + horizon "
                              f"{config.horizon} > the model's {cfg.max_transitions} transitions; use 'torch'/'auto'")
@@ -465,7 +470,7 @@ def plan_flops(model_cfg, config: PlannerConfig, prefix_len: int) -> float:
     tp = prefix_len - prefix_len // d  # keys visible to planned tokens (value keys dropped)
     total = prefix_len * per_row + n_l * 4 * c * prefix_len * prefix_len / 2  # prefill (causal)
     w, b = config.beam_width, config.beam_width * config.n_expand
-    keep = max(1, context_capacity(mc.max_transitions, config.max_context_transitions))
+    keep = window_transitions(mc.max_transitions, config.max_context_transitions)
     hist, pos = 0, prefix_len
     for t in range(config.horizon):
         for s in range(a + 1):  # actions + reward at W*E rows
